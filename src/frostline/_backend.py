@@ -1,0 +1,45 @@
+"""Choose a Keras backend before Keras is imported.
+
+frostline installs JAX, not TensorFlow, while Keras falls back to TensorFlow when nothing
+is configured. Without this, `import frostline` on a fresh install would fail inside Keras.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+_BACKEND_MODULES = {
+    "jax": "jax",
+    "tensorflow": "tensorflow",
+    "torch": "torch",
+    "numpy": "numpy",
+    "openvino": "openvino",
+}
+
+
+def _configured_backend() -> str:
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(
+        os.path.expanduser("~"), ".keras"
+    )
+    try:
+        with open(os.path.join(keras_home, "keras.json")) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def choose_default_backend() -> None:
+    """Sets `KERAS_BACKEND=jax` when nothing usable is configured.
+
+    `KERAS_BACKEND`, an already imported Keras, and a `keras.json` naming an installed
+    backend are all respected; only when none applies does frostline pick JAX.
+    """
+    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND"):
+        return
+    module = _BACKEND_MODULES.get(_configured_backend())
+    if module is not None and importlib.util.find_spec(module) is not None:
+        return
+    os.environ["KERAS_BACKEND"] = "jax"

@@ -1,0 +1,107 @@
+"""The `frostline` command line: inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import keras
+
+from frostline.apply import apply
+from frostline.errors import PlanError
+from frostline.plan import Plan
+from frostline.report import Report, report
+
+__all__ = ["main"]
+
+
+class CommandError(Exception):
+    """An error reported as one line on stderr with exit code 2."""
+
+
+def _load_model(path: str) -> keras.Model:
+    if not os.path.exists(path):
+        raise CommandError(f"model file not found: {path!r}")
+    if os.path.isdir(path):
+        raise CommandError(f"expected a .keras model file, received a directory: {path!r}")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # any failure to load means: not a model we can read
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CommandError(f"{path!r} is not a readable Keras model (.keras file): {reason}") from None
+
+
+def _load_plan(path: str) -> Plan:
+    if not os.path.isfile(path):
+        raise CommandError(f"plan file not found: {path!r}")
+    try:
+        return Plan.from_yaml(os.fspath(os.path.abspath(path)))
+    except PlanError as e:
+        raise CommandError(f"{path}: {e}") from None
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    plan = _load_plan(args.plan) if args.plan else None
+    model = _load_model(args.model)
+    result: Report
+    if plan is None:
+        result = report(model)
+    else:
+        try:
+            result = apply(model, plan, strict=not args.lenient)
+        except PlanError as e:
+            raise CommandError(f"{args.plan}: {e}") from None
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.to_string(max_depth=args.depth))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `frostline` command."""
+    parser = argparse.ArgumentParser(
+        prog="frostline",
+        description="Transfer learning for Keras 3: see and plan what is frozen.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    inspect = commands.add_parser(
+        "inspect",
+        help="print what is frozen in a saved model, optionally after a plan",
+        description="Load MODEL, apply PLAN in memory if given (the file is never "
+        "written), and print the report.",
+    )
+    inspect.add_argument("model", metavar="MODEL.keras", help="a model saved with model.save()")
+    inspect.add_argument("--plan", metavar="PLAN.yaml", help="a plan to apply in memory")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.add_argument(
+        "--depth", type=int, default=None, metavar="N",
+        help="show layers down to depth N (0 is the model); deeper ones still count",
+    )
+    inspect.add_argument(
+        "--lenient", action="store_true",
+        help="a selector that matches nothing is a warning, not an error",
+    )
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `frostline` command; returns its exit code.
+
+    Args:
+        argv: The arguments, without the program name. Defaults to `sys.argv[1:]`.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CommandError as e:
+        print(f"frostline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The selector grammar: parse a selector once, match it against a LayerTree.
+
+| form                      | matches                                                  |
+|---------------------------|----------------------------------------------------------|
+| `block5_conv1`            | layers with that name at any depth; `*`, `?`, `[...]`    |
+| `base/block5_*`           | full paths; `*` stays in one segment, `**` crosses them  |
+| `re:<regex>`              | full paths, `re.fullmatch`                               |
+| `type:BatchNormalization` | layers whose class, or any base class, has that name     |
+| `base[:-5]`, `[2:4]`      | a container's direct layers by Python slice              |
+
+A trailing `[...]` is a slice when it holds a colon (`base[3:4]`); without one it is a
+glob character class (`conv[12]`).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
+import keras
+
+from frostline.errors import PlanError, did_you_mean
+from frostline.tree import LayerNode, LayerTree
+
+__all__ = ["Selector", "parse_selector"]
+
+_SLICE = re.compile(r"^(?P<prefix>.*)\[(?P<body>\s*-?\d*\s*:\s*-?\d*\s*(?::\s*-?\d*\s*)?)\]$")
+
+
+class Selector(abc.ABC):
+    """A parsed selector. `str(selector)` is the text it was parsed from."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    @abc.abstractmethod
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        """The layers this selector names in `tree` (not yet expanded into containers).
+
+        Raises:
+            PlanError: if the selector cannot apply to this model (an unknown type, a
+                slice of something that is not a container).
+        """
+
+    def suggestion(self, tree: LayerTree) -> str:
+        """A hint for a selector that matched nothing."""
+        return did_you_mean(self.text, [p for n in tree.layers for p in n.paths])
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Selector) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+class NameSelector(Selector):
+    """Layers whose name matches a glob, at any depth."""
+
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        return [n for n in tree.layers if fnmatchcase(n.name, self.text)]
+
+    def suggestion(self, tree: LayerTree) -> str:
+        return did_you_mean(self.text, [n.name for n in tree.layers])
+
+
+def _glob_to_regex(pattern: str) -> str:
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            # fnmatch's character class: `[!...]` negates, a leading `]` is literal.
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            j = pattern.find("]", j)
+            if j == -1:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1 : j].replace("\\", "\\\\")
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+class PathSelector(Selector):
+    """Layers whose full path matches a glob; `*` stays in a segment, `**` does not."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.regex = re.compile(_glob_to_regex(text))
+
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        return [n for n in tree.layers if any(self.regex.fullmatch(p) for p in n.paths)]
+
+
+class RegexSelector(Selector):
+    """Layers whose full path matches a regular expression (`re.fullmatch`)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        try:
+            self.regex = re.compile(text[len("re:") :])
+        except re.error as e:
+            raise PlanError(
+                f"Received a malformed regular expression in selector {text!r}: {e}. "
+                "Expected `re:` followed by a Python regular expression, "
+                "e.g. 're:base/block[45]_.*'."
+            ) from None
+
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        return [n for n in tree.layers if any(self.regex.fullmatch(p) for p in n.paths)]
+
+
+def _known_layer_types(tree: LayerTree) -> set[str]:
+    names = {
+        cls.__name__
+        for node in tree
+        for cls in type(node.layer).__mro__
+        if cls is not object
+    }
+    for module in (keras.layers, keras.models, keras):
+        names.update(
+            name for name, obj in vars(module).items()
+            if isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
+        )
+    return names
+
+
+class TypeSelector(Selector):
+    """Layers whose class, or any of its base classes, has the given name."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.type_name = text[len("type:") :].strip()
+        if not self.type_name.isidentifier():
+            raise PlanError(
+                f"Expected a class name after 'type:', e.g. 'type:BatchNormalization'. "
+                f"Received: {text!r}"
+            )
+
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        known = _known_layer_types(tree)
+        if self.type_name not in known:
+            raise PlanError(
+                f"Unknown layer type {self.type_name!r} in selector {self.text!r}: no "
+                "Keras layer class and no class in the model has that name."
+                + did_you_mean(self.type_name, known)
+            )
+        return [
+            n for n in tree.layers
+            if any(cls.__name__ == self.type_name for cls in type(n.layer).__mro__)
+        ]
+
+    def suggestion(self, tree: LayerTree) -> str:
+        present = sorted({n.class_name for n in tree.layers})
+        return " Layer types in the model: " + ", ".join(present) + "."
+
+
+class SliceSelector(Selector):
+    """A container's direct layers by Python slice; a bare `[a:b]` is the top level."""
+
+    def __init__(self, text: str, prefix: Selector | None, index: slice):
+        super().__init__(text)
+        self.prefix = prefix
+        self.index = index
+
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        containers = [tree.root] if self.prefix is None else self.prefix.match(tree)
+        if not containers:
+            raise PlanError(
+                f"Selector {self.text!r} slices {self.prefix.text!r}, which matched no "
+                "layer." + self.prefix.suggestion(tree)
+            )
+        selected: list[LayerNode] = []
+        for node in containers:
+            if not node.is_container:
+                raise PlanError(
+                    f"Selector {self.text!r} slices {node.path!r}, a {node.class_name} "
+                    "that holds no layers. Expected a model or a layer with sublayers, "
+                    "e.g. 'base[:-5]' for `base.layers[:-5]`."
+                )
+            selected.extend(c for c in node.children[self.index] if c not in selected)
+        return selected
+
+    def suggestion(self, tree: LayerTree) -> str:
+        return " The slice is empty for every container it names."
+
+
+def _parse_slice(body: str) -> slice:
+    parts = [p.strip() for p in body.split(":")]
+    values = [int(p) if p else None for p in parts]
+    if len(values) == 3 and values[2] == 0:
+        raise PlanError(f"Received a slice step of 0 in '[{body}]'. Expected a non-zero step.")
+    return slice(*values)
+
+
+def parse_selector(text: str | Selector) -> Selector:
+    """Parses one selector string.
+
+    Args:
+        text: A selector in the grammar above, or an already parsed `Selector`.
+
+    Returns:
+        The parsed `Selector`.
+
+    Raises:
+        PlanError: if `text` is not a string, is empty, or is malformed.
+
+    Example:
+
+    >>> parse_selector("base/block5_*")
+    PathSelector('base/block5_*')
+    >>> parse_selector("base[:-5]")
+    SliceSelector('base[:-5]')
+    """
+    if isinstance(text, Selector):
+        return text
+    if not isinstance(text, str):
+        raise PlanError(
+            "Expected a selector string such as 'base', 'base/block5_*', "
+            f"'type:BatchNormalization' or 'base[:-5]'. Received: {text!r} "
+            f"(of type {type(text).__name__})"
+        )
+    text = text.strip()
+    if not text:
+        raise PlanError("Received an empty selector. Expected a layer name, path or pattern.")
+    if text.startswith("re:"):
+        return RegexSelector(text)
+    if text.startswith("type:"):
+        return TypeSelector(text)
+    m = _SLICE.match(text)
+    if m:
+        prefix = m.group("prefix")
+        return SliceSelector(
+            text, parse_selector(prefix) if prefix else None, _parse_slice(m.group("body"))
+        )
+    if "/" in text:
+        return PathSelector(text)
+    return NameSelector(text)
+
+
+def parse_selectors(selectors: str | Selector | Iterable[str | Selector]) -> tuple[Selector, ...]:
+    """Parses one selector or a list of them into a tuple."""
+    if isinstance(selectors, (str, Selector)):
+        selectors = [selectors]
+    try:
+        items = list(selectors)
+    except TypeError:
+        raise PlanError(
+            "Expected a selector string or a list of them. "
+            f"Received: {selectors!r} (of type {type(selectors).__name__})"
+        ) from None
+    if not items:
+        raise PlanError("Expected at least one selector. Received an empty list.")
+    return tuple(parse_selector(s) for s in items)
