@@ -75,8 +75,10 @@ def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Repo
     >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="base")
     >>> model = keras.Sequential([base, keras.layers.Dense(1, name="head")])
     >>> report = fl.apply(model, fl.Plan().freeze("base"))
-    >>> [w.path for w in model.trainable_weights]
-    ['head/kernel', 'head/bias']
+    >>> [layer.trainable for layer in model.layers]
+    [False, True]
+    >>> print(report.totals_line)
+    trainable 4 (16.0%) · frozen 15 · total 19
     """
     if not isinstance(plan, Plan):
         raise TypeError(

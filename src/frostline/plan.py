@@ -315,7 +315,13 @@ class VariableDecision:
 
     @property
     def size(self) -> int:
+        """Number of scalars in the variable."""
         return variable_size(self.variable)
+
+    @property
+    def path(self) -> str:
+        """The layer's canonical path and the variable's name: `"base/conv1/kernel"`."""
+        return f"{self.node.path}/{self.variable.name}" if self.node.path else self.variable.name
 
 
 @dataclasses.dataclass(frozen=True)

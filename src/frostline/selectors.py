@@ -15,6 +15,7 @@ glob character class (`conv[12]`).
 from __future__ import annotations
 
 import abc
+import difflib
 import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
@@ -45,8 +46,10 @@ class Selector(abc.ABC):
         """
 
     def suggestion(self, tree: LayerTree) -> str:
-        """A hint for a selector that matched nothing."""
-        return did_you_mean(self.text, [p for n in tree.layers for p in n.paths])
+        """A hint for a selector that matched nothing: the closest existing paths."""
+        all_paths = [p for n in tree.layers for p in n.paths]
+        close = difflib.get_close_matches(self.text, all_paths, n=3, cutoff=0.5)
+        return _closest_paths_hint(close[0] if close else self.text, close)
 
     def __str__(self) -> str:
         return self.text
@@ -68,7 +71,15 @@ class NameSelector(Selector):
         return [n for n in tree.layers if fnmatchcase(n.name, self.text)]
 
     def suggestion(self, tree: LayerTree) -> str:
-        return did_you_mean(self.text, [n.name for n in tree.layers])
+        names = difflib.get_close_matches(self.text, {n.name for n in tree.layers}, n=3, cutoff=0.5)
+        close = [n.path for name in names for n in tree.layers if n.name == name][:3]
+        return _closest_paths_hint(names[0] if names else self.text, close)
+
+
+def _closest_paths_hint(best: str, close: list[str]) -> str:
+    if not close:
+        return " No layer path is close; `frostline inspect` lists them all."
+    return f" Did you mean {best!r}? Closest paths: " + ", ".join(repr(p) for p in close) + "."
 
 
 def _glob_to_regex(pattern: str) -> str:

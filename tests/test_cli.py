@@ -1,0 +1,122 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from model_zoo import applications
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "small_cnn.keras"
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "frostline", *map(str, args)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "mobilenet.keras"
+    applications().save(path)
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_inspect_prints_keras_counts_without_plan(mobilenet_file):
+    model = keras.saving.load_model(mobilenet_file)
+    result = run_cli("inspect", mobilenet_file)
+    assert result.returncode == 0, result.stderr
+    t = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    f = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"trainable {t:,} ({100 * t / (t + f):.1f}%) · frozen {f:,} · total {t + f:,}"
+    )
+
+
+def test_inspect_with_plan_applies_in_memory_only(mobilenet_file, tmp_path):
+    model = keras.saving.load_model(mobilenet_file)
+    base = model.layers[0]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"rules:\n- freeze: {base.name}\n- unfreeze: {base.name}/block_16_*\n")
+    before = digest(mobilenet_file)
+    result = run_cli("inspect", mobilenet_file, "--plan", plan, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    # The same freeze written by hand in Keras, as the reference.
+    for layer in base.layers:
+        layer.trainable = layer.name.startswith("block_16_")
+    expected_t = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    expected_f = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
+    assert data["totals"] == {"trainable": expected_t, "frozen": expected_f, "total": expected_t + expected_f}
+    assert data["rules"][0]["rule"] == f"freeze {base.name}"
+    assert data["rules"][0]["layers"] == len(base.layers) + 1
+    assert data["rules"][1]["layers"] == sum(l.name.startswith("block_16_") for l in base.layers)
+    assert digest(mobilenet_file) == before
+
+
+def test_inspect_shipped_example_with_plan():
+    result = run_cli("inspect", EXAMPLE, "--plan", ROOT / "examples" / "plan.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "1. freeze base" in result.stdout
+    assert "2. unfreeze base/block3_*" in result.stdout
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_model_file(tmp_path):
+    assert_one_line_error(run_cli("inspect", tmp_path / "nope.keras"), "model file not found", "nope.keras")
+
+
+def test_file_that_is_not_a_model(tmp_path):
+    bogus = tmp_path / "notes.keras"
+    bogus.write_text("not a model")
+    assert_one_line_error(run_cli("inspect", bogus), "is not a readable Keras model")
+
+
+def test_plan_that_matches_nothing_names_the_closest(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("rules:\n- freeze: base/block3_cnov\n")
+    before = digest(EXAMPLE)
+    assert_one_line_error(
+        run_cli("inspect", EXAMPLE, "--plan", plan),
+        "matched no layer", "Did you mean 'base/block3_conv'",
+    )
+    assert digest(EXAMPLE) == before
+
+
+def test_malformed_plan_names_rule_and_field(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("rules:\n- freeze: base\n- unfreez: head\n")
+    assert_one_line_error(run_cli("inspect", EXAMPLE, "--plan", plan), "Plan rule 2", "unknown rule kind 'unfreez'")
+
+
+def test_missing_plan_file(tmp_path):
+    assert_one_line_error(run_cli("inspect", EXAMPLE, "--plan", tmp_path / "x.yaml"), "plan file not found")
+
+
+def test_cli_defaults_to_jax_when_backend_unset(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)  # no keras.json: nothing configured
+    code = "import frostline, keras; print(keras.backend.backend())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == "jax", result.stderr
+    env["KERAS_BACKEND"] = "numpy"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == "numpy", result.stderr
