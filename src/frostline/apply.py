@@ -78,7 +78,7 @@ def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Repo
     >>> [layer.trainable for layer in model.layers]
     [False, True]
     >>> print(report.totals_line)
-    trainable 4 (16.0%) · frozen 15 · total 19
+    trainable 4 (21.1%) · frozen 15 · total 19
     """
     if not isinstance(plan, Plan):
         raise TypeError(
