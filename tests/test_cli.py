@@ -8,8 +8,6 @@ from pathlib import Path
 import keras
 import pytest
 
-from model_zoo import applications
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "small_cnn.keras"
 
@@ -23,8 +21,13 @@ def run_cli(*args, env=None):
 
 @pytest.fixture(scope="module")
 def mobilenet_file(tmp_path_factory):
+    """MobileNetV2(weights=None, include_top=False) under a new head, saved."""
+    base = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(96, 96, 3))
+    model = keras.Sequential(
+        [keras.Input((96, 96, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)]
+    )
     path = tmp_path_factory.mktemp("models") / "mobilenet.keras"
-    applications().save(path)
+    model.save(path)
     return path
 
 

@@ -100,6 +100,7 @@ def test_then_concatenates():
         ("rule:\n- freeze: base\n", r"unknown key 'rule'.*Did you mean 'rules'"),
         ("rules:\n- freeze: 're:('\n", r"Plan rule 1 \(freeze\): Received a malformed regular expression"),
         ("rules: [\n", r"malformed YAML"),
+        ("plan.txt", r"Received the text 'plan.txt'. To read a file, pass a pathlib.Path"),
     ],
 )
 def test_bad_yaml_plans_name_rule_field_and_value(yaml_text, message):

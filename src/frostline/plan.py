@@ -205,6 +205,12 @@ class Plan:
                 rule kind, an unknown or missing field, a value of the wrong type or a
                 malformed selector.
         """
+        if isinstance(config, (str, bytes)):
+            raise PlanError(
+                "Plan: expected a mapping with the key 'rules' (or a list of rules). "
+                f"Received the text {config!r}. To read a file, pass a pathlib.Path or a "
+                "name ending in .yaml or .yml."
+            )
         if isinstance(config, Mapping):
             unknown = [k for k in config if k != "rules"]
             if unknown:
