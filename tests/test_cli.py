@@ -90,7 +90,10 @@ def test_missing_model_file(tmp_path):
 def test_file_that_is_not_a_model(tmp_path):
     bogus = tmp_path / "notes.keras"
     bogus.write_text("not a model")
-    assert_one_line_error(run_cli("inspect", bogus), "is not a readable Keras model")
+    assert_one_line_error(run_cli("inspect", bogus), "is not a Keras model", "zip archive")
+    other = tmp_path / "weights.txt"
+    other.write_text("not a model")
+    assert_one_line_error(run_cli("inspect", other), "is not a readable Keras model")
 
 
 def test_plan_that_matches_nothing_names_the_closest(tmp_path):
@@ -123,3 +126,33 @@ def test_cli_defaults_to_jax_when_backend_unset(tmp_path):
     env["KERAS_BACKEND"] = "numpy"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.stdout.strip() == "numpy", result.stderr
+
+
+def test_lenient_prints_one_warning_line_and_applies_the_rest(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("rules:\n- freeze: [base, nothing_like_it]\n")
+    result = run_cli("inspect", EXAMPLE, "--plan", plan, "--lenient", "--depth", "1")
+    assert result.returncode == 0, result.stderr
+    warnings = [l for l in result.stderr.splitlines() if "nothing_like_it" in l]
+    assert len(warnings) == 1 and warnings[0].startswith("frostline inspect: warning: Rule 1")
+    assert "  base  " in result.stdout and "frozen" in result.stdout
+
+
+def test_malformed_yaml_is_one_line(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("rules: [freeze: base\n")
+    assert_one_line_error(run_cli("inspect", EXAMPLE, "--plan", plan), "malformed YAML")
+
+
+def test_negative_depth_is_refused():
+    result = run_cli("inspect", EXAMPLE, "--depth", "-1")
+    assert result.returncode == 2
+    assert "expected a depth of 0 or more" in result.stderr
+
+
+def test_backend_that_is_not_installed_is_named(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "openvino"}
+    code = "import frostline"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert "ImportError: KERAS_BACKEND='openvino' but openvino is not installed" in result.stderr

@@ -130,3 +130,50 @@ def test_no_match_is_a_warning_when_not_strict():
     assert {d.path for d in res.variables if not d.trainable and not d.is_state} == {
         "head/kernel", "head/bias",
     }
+
+
+def test_rule_kinds_are_open_and_fields_are_checked():
+    from typing import ClassVar
+
+    @fl.register_rule
+    @dataclasses.dataclass(frozen=True)
+    class SetTrainable(fl.Rule):
+        kind: ClassVar[str] = "set_trainable_for_test"
+        fields: ClassVar[dict] = {"value": bool}
+        value: bool = True
+
+        def settings(self):
+            return {"trainable": self.value}
+
+    plan = fl.Plan.from_dict({"rules": [{"set_trainable_for_test": "base", "value": False}]})
+    assert plan.rules == (SetTrainable(("base",), value=False),)
+    assert fl.Plan.from_dict(plan.to_dict()) == plan
+    res = fl.resolve(plan, fl.LayerTree(nested()))
+    assert not any(d.trainable for d in res.variables if d.path.startswith("base/"))
+    with pytest.raises(fl.PlanError, match=r"field 'value' expects bool\. Received: 1 \(of type int\)"):
+        fl.Plan.from_dict({"rules": [{"set_trainable_for_test": "base", "value": 1}]})
+
+
+def test_rules_built_directly_check_their_selectors():
+    assert fl.Freeze(("base",)) == fl.Plan().freeze("base").rules[0]
+    with pytest.raises(fl.PlanError, match="Expected a selector string"):
+        fl.Freeze((3,))
+
+
+def test_errors_from_matching_name_the_rule():
+    with pytest.raises(fl.PlanError, match=r"^Rule 2 \(freeze type:Dens\): Unknown layer type 'Dens'.*Did you mean 'Dense'"):
+        fl.resolve(fl.Plan().freeze("base").freeze("type:Dens"), fl.LayerTree(nested()))
+
+
+def test_slice_of_a_missing_container_follows_strict():
+    tree = fl.LayerTree(nested())
+    with pytest.raises(fl.PlanError, match=r"Rule 1 \(freeze bsae\[:-1\]\).*Its container 'bsae' matched no layer\. Did you mean 'base'"):
+        fl.resolve(fl.Plan().freeze("bsae[:-1]"), tree)
+    with pytest.warns(UserWarning, match="matched no layer") as record:
+        fl.resolve(fl.Plan().freeze("bsae[:-1]"), tree, strict=False)
+    assert record[0].filename == __file__  # points at the caller, not at frostline
+
+
+def test_empty_rule_mapping_message():
+    with pytest.raises(fl.PlanError, match="Plan rule 1: expected a mapping with one rule kind.*Received an empty mapping"):
+        fl.Plan.from_dict({"rules": [{}]})

@@ -85,6 +85,12 @@ def test_markdown_and_dict():
         {"index": 1, "rule": "freeze base", "layers": 7, "params": count(base.weights)}
     ]
     assert [r["path"] for r in data["layers"]][:2] == ["outer", "base"]
+    assert "\n\n\n" not in md
+
+
+def test_rule_counts_use_singular_for_one():
+    report = fl.apply(nested(), fl.Plan().freeze("head"))
+    assert "1. freeze head  1 layer, 18 params" in str(report)
 
 
 def test_max_depth_hides_deep_rows_but_keeps_totals():

@@ -98,3 +98,30 @@ def test_known_type_absent_from_model_matches_nothing():
 def test_slice_of_a_layer_without_sublayers_is_plan_error():
     with pytest.raises(fl.PlanError, match="slices 'head', a Dense that holds no layers"):
         fl.parse_selector("head[:2]").match(fl.LayerTree(nested()))
+
+
+def test_repeated_names_are_selectable_by_their_path_segment():
+    import keras
+
+    class Three(keras.Model):
+        def __init__(self):
+            super().__init__(name="three")
+            self.layers_list = [keras.layers.Dense(2, name="dense") for _ in range(3)]
+
+        def call(self, x):
+            for layer in self.layers_list:
+                x = layer(x)
+            return x
+
+    model = Three()
+    model(keras.ops.ones((1, 2)))
+    assert paths("dense~2", model) == ["dense~2"]
+    assert paths("dense", model) == ["dense", "dense~2", "dense~3"]
+
+
+def test_unknown_type_suggests_a_class_in_the_model_first():
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="c")])
+    with pytest.raises(fl.PlanError, match="Did you mean 'Conv2D'"):
+        fl.parse_selector("type:Conv2d").match(fl.LayerTree(model))

@@ -34,10 +34,25 @@ def _configured_backend() -> str:
 def choose_default_backend() -> None:
     """Sets `KERAS_BACKEND=jax` when nothing usable is configured.
 
+    Raises:
+        ImportError: if `KERAS_BACKEND` names a backend that is not installed, before
+            Keras fails on it less clearly.
+
     `KERAS_BACKEND`, an already imported Keras, and a `keras.json` naming an installed
     backend are all respected; only when none applies does frostline pick JAX.
     """
-    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND"):
+    if "keras" in sys.modules:
+        return
+    requested = os.environ.get("KERAS_BACKEND")
+    if requested:
+        module = _BACKEND_MODULES.get(requested)
+        if module is not None and importlib.util.find_spec(module) is None:
+            extra = {"tensorflow": "tensorflow", "torch": "torch"}.get(requested)
+            hint = f"pip install 'frostline[{extra}]'" if extra else f"install {module}"
+            raise ImportError(
+                f"KERAS_BACKEND={requested!r} but {module} is not installed. Either "
+                f"{hint}, or unset KERAS_BACKEND to use JAX."
+            )
         return
     module = _BACKEND_MODULES.get(_configured_backend())
     if module is not None and importlib.util.find_spec(module) is not None:

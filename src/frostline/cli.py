@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import sys
+import warnings
+import zipfile
 from collections.abc import Sequence
 
 import keras
@@ -27,6 +29,11 @@ def _load_model(path: str) -> keras.Model:
         raise CommandError(f"model file not found: {path!r}")
     if os.path.isdir(path):
         raise CommandError(f"expected a .keras model file, received a directory: {path!r}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise CommandError(
+            f"{path!r} is not a Keras model: a .keras file is a zip archive written by "
+            "model.save(), and this file is not one"
+        )
     try:
         return keras.saving.load_model(path)
     except Exception as e:  # any failure to load means: not a model we can read
@@ -50,15 +57,29 @@ def _inspect(args: argparse.Namespace) -> int:
     if plan is None:
         result = report(model)
     else:
-        try:
-            result = apply(model, plan, strict=not args.lenient)
-        except PlanError as e:
-            raise CommandError(f"{args.plan}: {e}") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
+                result = apply(model, plan, strict=not args.lenient)
+            except PlanError as e:
+                raise CommandError(f"{args.plan}: {e}") from None
+        for warning in caught:
+            print(f"frostline inspect: warning: {warning.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.to_string(max_depth=args.depth))
     return 0
+
+
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a depth of 0 or more, received {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--plan", metavar="PLAN.yaml", help="a plan to apply in memory")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.add_argument(
-        "--depth", type=int, default=None, metavar="N",
+        "--depth", type=_depth, default=None, metavar="N",
         help="show layers down to depth N (0 is the model); deeper ones still count",
     )
     inspect.add_argument(
@@ -99,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except CommandError as e:
-        print(f"frostline {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the cause wrote
+        print(f"frostline {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

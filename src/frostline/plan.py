@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -55,6 +56,10 @@ class Rule:
 
     selectors: tuple[Selector, ...]
 
+    def __post_init__(self) -> None:
+        # Rules built directly, not through Plan, get the same checks.
+        object.__setattr__(self, "selectors", parse_selectors(self.selectors))
+
     def settings(self) -> dict[str, Any]:
         """The per-layer settings this rule decides, e.g. `{"trainable": False}`."""
         raise NotImplementedError  # pragma: no cover - abstract
@@ -96,7 +101,7 @@ class Rule:
             if name not in config:
                 raise PlanError(f"{where} ({cls.kind}): missing field {name!r}.")
             field_value = config[name]
-            if not isinstance(field_value, expected) or isinstance(field_value, bool):
+            if not _is_instance(field_value, expected):
                 raise PlanError(
                     f"{where} ({cls.kind}): field {name!r} expects {expected.__name__}. "
                     f"Received: {field_value!r} (of type {type(field_value).__name__})."
@@ -107,6 +112,15 @@ class Rule:
         except PlanError as e:
             raise PlanError(f"{where} ({cls.kind}): {e}") from None
         return cls(selectors, **kwargs)
+
+
+def _is_instance(value: Any, expected: type) -> bool:
+    # YAML's `true` is not a number, and `2` is a fine float.
+    if isinstance(value, bool):
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
 
 
 @register_rule
@@ -230,10 +244,15 @@ class Plan:
         parsed = []
         for i, item in enumerate(rules, start=1):
             where = f"Plan rule {i}"
-            if not isinstance(item, Mapping) or not item:
+            if not isinstance(item, Mapping):
                 raise PlanError(
                     f"{where}: expected a mapping such as {{freeze: base}}. "
                     f"Received: {item!r} (of type {type(item).__name__})."
+                )
+            if not item:
+                raise PlanError(
+                    f"{where}: expected a mapping with one rule kind, such as "
+                    "{freeze: base}. Received an empty mapping."
                 )
             kinds = [k for k in item if k in _RULE_KINDS]
             if len(kinds) != 1:
@@ -269,7 +288,7 @@ class Plan:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise PlanError(f"Plan: malformed YAML: {e}") from None
+            raise PlanError("Plan: malformed YAML: " + " ".join(str(e).split())) from None
         if data is None:
             return cls()
         return cls.from_dict(data)
@@ -376,6 +395,15 @@ class Resolution:
         return [d for d in self.variables if id(d.node) in ids]
 
 
+def _user_stacklevel() -> int:
+    """The `stacklevel` that makes a warning point at the first caller outside frostline."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     """Resolves a plan against a model's LayerTree. Pure: the model is not touched.
 
@@ -406,7 +434,10 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     for index, rule in enumerate(plan.rules):
         selected: dict[int, LayerNode] = {}
         for selector in rule.selectors:
-            found = selector.match(tree)
+            try:
+                found = selector.match(tree)
+            except PlanError as e:
+                raise PlanError(f"Rule {index + 1} ({rule.describe()}): {e}") from None
             if not found:
                 message = (
                     f"Rule {index + 1} ({rule.describe()}): selector {selector.text!r} "
@@ -414,7 +445,7 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
                 )
                 if strict:
                     raise PlanError(message)
-                warnings.warn(message + " Skipped (strict=False).", stacklevel=3)
+                warnings.warn(message + " Skipped (strict=False).", stacklevel=_user_stacklevel())
             for node in found:
                 for inner in node.descendants():
                     selected.setdefault(id(inner), inner)

@@ -44,6 +44,10 @@ class RuleSummary:
     params: int
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _state(capable: list, trainable_ids: set[int], has_params: bool) -> str:
     if not has_params:
         return "-"
@@ -152,7 +156,7 @@ class Report:
         width = max(len(r.rule) for r in self.rules)
         out = ["rules (layers and parameters each matched, containers included):"]
         for r in self.rules:
-            out.append(f"  {r.index}. {r.rule.ljust(width)}  {r.layers:,} layers, {r.params:,} params")
+            out.append(f"  {r.index}. {r.rule.ljust(width)}  {_count(r.layers, 'layer')}, {_count(r.params, 'param')}")
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -175,15 +179,17 @@ class Report:
                 f"| {label} | {row.class_name} | {row.params:,} | "
                 f"{row.trainable_params:,} | {row.state} |"
             )
-        lines.append("")
+        if self.rules or self.optimizer:
+            lines.append("")
         for r in self.rules:
-            lines.append(f"- rule {r.index} `{r.rule}`: {r.layers:,} layers, {r.params:,} params")
+            lines.append(f"- rule {r.index} `{r.rule}`: {_count(r.layers, 'layer')}, {_count(r.params, 'param')}")
         if self.optimizer:
             lines.append(
                 f"- optimizer {self.optimizer['name']}: {self.optimizer['params']:,} state "
                 "values (not model parameters)"
             )
-        lines.append(f"\n**{self.totals_line}**")
+        lines.append("")
+        lines.append(f"**{self.totals_line}**")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:

@@ -68,7 +68,12 @@ class NameSelector(Selector):
     """Layers whose name matches a glob, at any depth."""
 
     def match(self, tree: LayerTree) -> list[LayerNode]:
-        return [n for n in tree.layers if fnmatchcase(n.name, self.text)]
+        # The last path segment differs from the name for repeated names (`dense~2`).
+        return [
+            n for n in tree.layers
+            if fnmatchcase(n.name, self.text)
+            or any(fnmatchcase(p.rsplit("/", 1)[-1], self.text) for p in n.paths)
+        ]
 
     def suggestion(self, tree: LayerTree) -> str:
         names = difflib.get_close_matches(self.text, {n.name for n in tree.layers}, n=3, cutoff=0.5)
@@ -182,7 +187,10 @@ class TypeSelector(Selector):
             raise PlanError(
                 f"Unknown layer type {self.type_name!r} in selector {self.text!r}: no "
                 "Keras layer class and no class in the model has that name."
-                + did_you_mean(self.type_name, known)
+                + (
+                    did_you_mean(self.type_name, {n.class_name for n in tree.layers})
+                    or did_you_mean(self.type_name, known)
+                )
             )
         return [
             n for n in tree.layers
@@ -204,11 +212,6 @@ class SliceSelector(Selector):
 
     def match(self, tree: LayerTree) -> list[LayerNode]:
         containers = [tree.root] if self.prefix is None else self.prefix.match(tree)
-        if not containers:
-            raise PlanError(
-                f"Selector {self.text!r} slices {self.prefix.text!r}, which matched no "
-                "layer." + self.prefix.suggestion(tree)
-            )
         selected: list[LayerNode] = []
         for node in containers:
             if not node.is_container:
@@ -221,6 +224,8 @@ class SliceSelector(Selector):
         return selected
 
     def suggestion(self, tree: LayerTree) -> str:
+        if self.prefix is not None and not self.prefix.match(tree):
+            return f" Its container {self.prefix.text!r} matched no layer." + self.prefix.suggestion(tree)
         return " The slice is empty for every container it names."
 
 
