@@ -4,10 +4,13 @@ from frostline import _backend
 
 _backend.choose_default_backend()
 
-from frostline.apply import apply  # noqa: E402
-from frostline.errors import PlanError  # noqa: E402
+from frostline.apply import apply, scoped, sync  # noqa: E402
+from frostline.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
+from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
+from frostline.guard import FreezeGuard  # noqa: E402
 from frostline.plan import (  # noqa: E402
     Freeze,
+    Inference,
     LayerDecision,
     Plan,
     Resolution,
@@ -19,13 +22,19 @@ from frostline.plan import (  # noqa: E402
     resolve,
 )
 from frostline.report import LayerRow, Report, report  # noqa: E402
+from frostline.saving import applied_plan, load_model, load_plan  # noqa: E402
 from frostline.selectors import Selector, parse_selector  # noqa: E402
 from frostline.tree import LayerNode, LayerTree  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Fingerprint",
     "Freeze",
+    "FreezeAudit",
+    "FreezeGuard",
+    "FrozenWeightsChanged",
+    "Inference",
     "LayerDecision",
     "LayerNode",
     "LayerRow",
@@ -37,11 +46,18 @@ __all__ = [
     "Rule",
     "RuleMatch",
     "Selector",
+    "StaleTrainableError",
     "Unfreeze",
     "VariableDecision",
+    "applied_plan",
     "apply",
+    "fingerprint",
+    "load_model",
+    "load_plan",
     "parse_selector",
     "register_rule",
     "report",
     "resolve",
+    "scoped",
+    "sync",
 ]

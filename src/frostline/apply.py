@@ -1,44 +1,99 @@
-"""apply: the only code that changes a model's `trainable` flags."""
+"""apply, sync and scoped: the only code that changes a model's flags and compiled state."""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
+
 import keras
 
+from frostline.modes import is_forced_inference, set_inference
+from frostline.optim import OptimizerState, migrate_optimizer, optimizer_variables_match
 from frostline.plan import Plan, Resolution, resolve
 from frostline.report import Report
+from frostline.saving import record_plan
 from frostline.tree import LayerTree
 
-__all__ = ["FlagSnapshot", "apply"]
+__all__ = ["FlagSnapshot", "apply", "scoped", "sync"]
+
+# The trainable set (variable ids, in order) and the inference-mode layers each model's
+# compiled functions were last reset for.
+_SYNCED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class FlagSnapshot:
-    """Every `trainable` flag of a model, layers and variables, to put back later.
+    """Every `trainable` flag of a model, layers and variables, and every inference-mode
+    override, to put back later.
 
     Args:
         tree: `LayerTree(model)`.
     """
 
     def __init__(self, tree: LayerTree):
-        self._layers = [(node.layer, node.layer.trainable) for node in tree]
+        self._layers = [(node.layer, node.layer.trainable, is_forced_inference(node.layer)) for node in tree]
         self._variables = [(v, v.trainable) for node in tree for v in node.weights]
 
     def restore(self) -> None:
         """Puts every flag back as it was when the snapshot was taken."""
         for variable, flag in self._variables:
             variable.trainable = flag
-        for layer, flag in self._layers:
+        for layer, flag, inference in self._layers:
             # Not the public setter: it recurses into sublayers and would overwrite them.
             layer._trainable = flag
+            set_inference(layer, inference)
+
+    def _key(self) -> tuple:
+        return (
+            [(id(l), f, i) for l, f, i in self._layers],
+            [(id(v), f) for v, f in self._variables],
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FlagSnapshot):
             return NotImplemented
-        flags = lambda s: ([(id(l), f) for l, f in s._layers], [(id(v), f) for v, f in s._variables])
-        return flags(self) == flags(other)
+        return self._key() == other._key()
 
 
-def write_flags(resolution: Resolution) -> None:
-    """Sets layer and variable flags so that Keras trains exactly the resolved set.
+class CompiledState:
+    """What `sync` may change on a compiled model: the optimizer's structure and state
+    references, the compiled functions and Keras's record of compiled flags."""
+
+    def __init__(self, model: keras.layers.Layer):
+        self.model = model
+        optimizer = getattr(model, "optimizer", None)
+        self.optimizer = OptimizerState(optimizer) if optimizer is not None else None
+        self.functions = {
+            name: getattr(model, name) for name in _FUNCTIONS if hasattr(model, name)
+        }
+        self.compiled_flags = getattr(model, "_compiled_trainable_state", None)
+        self.synced = _SYNCED.get(model)
+
+    def restore(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.restore()
+        for name, function in self.functions.items():
+            setattr(self.model, name, function)
+        if self.compiled_flags is not None:
+            self.model._compiled_trainable_state = self.compiled_flags
+        if self.synced is None:
+            _SYNCED.pop(self.model, None)
+        else:
+            _SYNCED[self.model] = self.synced
+
+
+_FUNCTIONS = ("train_function", "test_function", "predict_function")
+
+
+def _sync_key(model: keras.layers.Layer) -> tuple:
+    return (
+        tuple(id(v) for v in model.trainable_variables),
+        tuple(id(l) for l in model._flatten_layers() if is_forced_inference(l)),
+    )
+
+
+def _write(resolution: Resolution) -> None:
+    """Sets layer and variable flags and inference modes as resolved.
 
     Each flag is written directly: Keras's `layer.trainable` setter recurses into
     sublayers, so setting containers and then their layers would depend on order, and a
@@ -49,13 +104,94 @@ def write_flags(resolution: Resolution) -> None:
             decision.variable.trainable = decision.trainable
     for node in resolution.tree:
         node.layer._trainable = resolution.container_trainable(node)
+        set_inference(node.layer, resolution.decision(node).inference)
+
+
+def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
+    """Makes the model's current flags take effect on the next `fit`, without recompiling.
+
+    Use it after setting `layer.trainable` by hand on a compiled model (`fl.apply` does
+    it for you). The optimizer is rebuilt in place for the new trainable set: its
+    `iterations`, learning-rate schedule position and the slots (Adam moments, momentum)
+    of every variable that stays trainable carry over; newly trainable variables start
+    with fresh slots; newly frozen ones lose theirs. The compiled train, test and
+    predict functions are reset so that they are traced again for the new set.
+
+    Args:
+        model: A Keras model, compiled or not (an uncompiled model needs nothing).
+
+    Returns:
+        True if anything had to change.
+
+    Raises:
+        TypeError: if the optimizer cannot be rebuilt (a custom optimizer without a
+            faithful `get_config`). The model is then exactly as it was.
+
+    Example:
+
+    >>> import keras, numpy as np, frostline as fl
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="a"),
+    ...                           keras.layers.Dense(1, name="b")])
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
+    >>> model.get_layer("a").trainable = False
+    >>> fl.sync(model)
+    True
+    >>> len(model.optimizer.variables)  # iterations, learning rate, 2 x 2 moments of b
+    6
+    """
+    key = _sync_key(model)
+    optimizer = getattr(model, "optimizer", None)
+    built = optimizer is not None and getattr(optimizer, "built", False)
+    stale_optimizer = built and not optimizer_variables_match(optimizer, model.trainable_variables)
+    stale_functions = _SYNCED.get(model, key) != key or stale_optimizer
+    if not stale_optimizer and not stale_functions:
+        _untangle_optimizer_buffers(model)
+        return False
+    state = CompiledState(model)
+    try:
+        if stale_optimizer:
+            migrate_optimizer(optimizer, model.trainable_variables, stash=_stash)
+        for name in _FUNCTIONS:
+            if hasattr(model, name):
+                setattr(model, name, None)
+        if hasattr(model, "_compiled_trainable_state"):
+            # Keras warns at the next fit that flags changed since compile; they have
+            # now taken effect.
+            model._compiled_trainable_state = {l: l.trainable for l in model._flatten_layers()}
+        _untangle_optimizer_buffers(model)
+        _SYNCED[model] = key
+    except BaseException:
+        state.restore()
+        raise
+    return True
+
+
+def _untangle_optimizer_buffers(model: keras.layers.Layer) -> None:
+    # With EMA on JAX, Keras's end-of-fit overwrite leaves model variables and their
+    # averages sharing one buffer, and the next fit fails donating it twice.
+    optimizer = getattr(model, "optimizer", None)
+    if keras.backend.backend() != "jax" or optimizer is None or not getattr(optimizer, "use_ema", False):
+        return
+    model_buffers = {id(v._value) for v in model.weights if getattr(v, "_value", None) is not None}
+    for v in optimizer.variables:
+        if getattr(v, "_value", None) is not None and id(v._value) in model_buffers:
+            v.assign(keras.ops.copy(v._value))
+
+
+def mark_synced(model: keras.layers.Layer) -> None:
+    """Records the model's current trainable set as what its functions were built for."""
+    _SYNCED[model] = _sync_key(model)
 
 
 def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Report:
-    """Resolves `plan` against `model` and sets its `trainable` flags accordingly.
+    """Resolves `plan` against `model`, sets its flags, and makes them take effect.
 
-    The whole plan is validated before any flag changes; after any error every flag is
-    exactly as it was. Afterwards `model.trainable_weights` is exactly the resolved set.
+    The whole plan is validated before anything changes. Afterwards
+    `model.trainable_weights` is exactly the resolved set, the selected layers run in the
+    resolved mode, and on a compiled model the next `fit` trains exactly that set with
+    the optimizer state kept (see `sync`): no recompiling. After any error the flags,
+    modes and optimizer are exactly as they were.
 
     Args:
         model: A Keras model (Sequential, Functional or subclassed) or layer.
@@ -85,16 +221,64 @@ def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Repo
             f"Expected a frostline Plan, e.g. fl.Plan().freeze('base'). "
             f"Received: plan={plan!r} (of type {type(plan).__name__})"
         )
+    return _apply(model, plan, strict=strict, stash=None, record=True)
+
+
+def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool) -> Report:
     tree = LayerTree(model)
     resolution = resolve(plan, tree, strict=strict)
-    snapshot = FlagSnapshot(tree)
+    flags = FlagSnapshot(tree)
+    compiled = CompiledState(model)
     try:
-        write_flags(resolution)
+        _write(resolution)
         _check_trainable_set(model, resolution)
+        sync(model, _stash=stash)
+        if record:
+            record_plan(model, plan)
     except BaseException:
-        snapshot.restore()
+        flags.restore()
+        compiled.restore()
         raise
     return Report(LayerTree(model), resolution)
+
+
+@contextlib.contextmanager
+def scoped(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Iterator[Report]:
+    """Applies `plan` inside a `with` block and puts everything back on exit.
+
+    On exit, also after an exception, every `trainable` flag and inference mode is
+    restored and the optimizer is rebuilt for the original trainable set; variables
+    that did not train inside the block get their optimizer slots back as they were.
+    This is the model-level freeze Keras users expect: freezing model A in a scope
+    leaves model B, which shares a layer with A, free to train that layer afterwards.
+
+    Args:
+        model: A Keras model.
+        plan: The `Plan` to apply inside the block.
+        strict: As in `apply`. Defaults to True.
+
+    Yields:
+        The `Report` of the model inside the block.
+
+    Example:
+
+    >>> import keras, frostline as fl
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
+    >>> with fl.scoped(model, fl.Plan().freeze("d")):
+    ...     print(len(model.trainable_weights))
+    0
+    >>> len(model.trainable_weights)
+    2
+    """
+    tree = LayerTree(model)
+    flags = FlagSnapshot(tree)
+    stash: dict = {}
+    report = _apply(model, plan, strict=strict, stash=stash, record=False)
+    try:
+        yield report
+    finally:
+        flags.restore()
+        sync(model, _stash=stash)
 
 
 def _check_trainable_set(model: keras.layers.Layer, resolution: Resolution) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,11 +13,13 @@ from typing import Any, ClassVar
 import yaml
 
 from frostline.errors import PlanError, did_you_mean
+from frostline.modes import is_forced_inference
 from frostline.selectors import Selector, parse_selectors
 from frostline.tree import LayerNode, LayerTree, variable_size
 
 __all__ = [
     "Freeze",
+    "Inference",
     "LayerDecision",
     "Plan",
     "Resolution",
@@ -97,9 +100,12 @@ class Rule:
                 f"non-empty list of them. Received: {value!r} (of type {type(value).__name__})."
             )
         kwargs = {}
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for name, expected in cls.fields.items():
             if name not in config:
-                raise PlanError(f"{where} ({cls.kind}): missing field {name!r}.")
+                if defaults.get(name, dataclasses.MISSING) is dataclasses.MISSING:
+                    raise PlanError(f"{where} ({cls.kind}): missing field {name!r}.")
+                continue
             field_value = config[name]
             if not _is_instance(field_value, expected):
                 raise PlanError(
@@ -143,6 +149,34 @@ class Unfreeze(Rule):
 
     def settings(self) -> dict[str, Any]:
         return {"trainable": True}
+
+
+@register_rule
+@dataclasses.dataclass(frozen=True)
+class Inference(Rule):
+    """Run the selected layers in inference mode during `fit`, even while they train.
+
+    BatchNormalization then normalizes with, and keeps, its moving statistics; Dropout
+    is off. This is what building with `base(x, training=False)` gives, without
+    rebuilding the model. `enabled=False` undoes it.
+    """
+
+    kind: ClassVar[str] = "inference"
+    fields: ClassVar[Mapping[str, type]] = {"enabled": bool}
+
+    enabled: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        return {"inference": self.enabled}
+
+    def describe(self) -> str:
+        return super().describe() + ("" if self.enabled else " (enabled=False)")
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        if self.enabled:
+            del config["enabled"]
+        return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +233,22 @@ class Plan:
             PlanError: if a selector is malformed.
         """
         return self.with_rule(Unfreeze(_flatten_selectors(selectors)))
+
+    def inference(self, *selectors: SelectorsLike, enabled: bool = True) -> Plan:
+        """Runs the selected layers in inference mode during `fit`, even while trainable.
+
+        BatchNormalization uses and keeps its moving statistics, Dropout is off; the
+        layers' weights still train if they are trainable. Frozen BatchNormalization
+        already runs in inference mode in Keras without this.
+
+        Args:
+            *selectors: One or more selectors, or a list of them.
+            enabled: False undoes an earlier `inference` rule. Defaults to True.
+
+        Returns:
+            A new Plan.
+        """
+        return self.with_rule(Inference(_flatten_selectors(selectors), enabled=enabled))
 
     def then(self, other: Plan) -> Plan:
         """A plan with this plan's rules followed by `other`'s."""
@@ -269,6 +319,34 @@ class Plan:
             parsed.append(_RULE_KINDS[kinds[0]].from_config(item, where=where))
         return cls(tuple(parsed))
 
+    @classmethod
+    def from_model(cls, model: Any) -> Plan:
+        """A plan that reproduces the model's current frozen set and inference modes.
+
+        Applied to a copy of the model with every layer trainable, it gives the same
+        `trainable_weights` and modes: one `unfreeze` and one `freeze` rule listing the
+        layers that own weights, and one `inference` rule.
+        """
+        tree = LayerTree(model)
+        trainable_ids = tree.effective_trainable_ids()
+        names = [n.name for n in tree.layers]
+        frozen, unfrozen, inference = [], [], []
+        for node in tree.layers:
+            selector = _exact_selector(node, names)
+            if node.weights:
+                target = unfrozen if any(id(v) in trainable_ids for v in node.weights) else frozen
+                target.append(selector)
+            if is_forced_inference(node.layer):
+                inference.append(selector)
+        plan = cls()
+        if unfrozen:
+            plan = plan.unfreeze(unfrozen)
+        if frozen:
+            plan = plan.freeze(frozen)
+        if inference:
+            plan = plan.inference(inference)
+        return plan
+
     def to_yaml(self) -> str:
         """The plan as YAML text, readable by `Plan.from_yaml`."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -299,6 +377,13 @@ class Plan:
         return "Plan(" + "; ".join(r.describe() for r in self.rules) + ")"
 
 
+def _exact_selector(node: LayerNode, names: list[str]) -> str:
+    """A selector that matches exactly this layer."""
+    if any(c in node.path for c in "*?[]") or ("/" not in node.path and names.count(node.name) > 1):
+        return "re:" + re.escape(node.path)
+    return node.path
+
+
 def _flatten_selectors(items: tuple[SelectorsLike, ...]) -> tuple[Selector, ...]:
     if not items:
         raise PlanError("Expected at least one selector. Received none.")
@@ -311,11 +396,27 @@ def _flatten_selectors(items: tuple[SelectorsLike, ...]) -> tuple[Selector, ...]
 @dataclasses.dataclass(frozen=True)
 class LayerDecision:
     """A layer's resolved settings and, for each, the index of the rule that set it
-    (`None`: no rule selected the layer and the model's current value is kept)."""
+    (`None`: no rule selected the layer and the model's current value is kept).
+
+    Attributes:
+        node: The layer.
+        settings: `{"trainable": bool, "inference": bool}`.
+        decided_by: For each setting, the deciding rule's index or `None`.
+    """
 
     node: LayerNode
-    trainable: bool
+    settings: Mapping[str, Any]
     decided_by: Mapping[str, int | None]
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the layer's weights train."""
+        return bool(self.settings["trainable"])
+
+    @property
+    def inference(self) -> bool:
+        """Whether frostline runs the layer in inference mode."""
+        return bool(self.settings["inference"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,14 +522,15 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
             `type:`, or a slice of a layer that holds no layers.
     """
     effective = tree.effective_trainable_ids()
-    trainable: dict[int, bool] = {}
+    settings: dict[int, dict[str, Any]] = {}
     decided_by: dict[int, dict[str, int | None]] = {}
     for node in tree:
         if node.weights:
-            trainable[id(node)] = any(id(v) in effective for v in node.weights)
+            trainable = any(id(v) in effective for v in node.weights)
         else:
-            trainable[id(node)] = bool(node.layer.trainable)
-        decided_by[id(node)] = {"trainable": None}
+            trainable = bool(node.layer.trainable)
+        settings[id(node)] = {"trainable": trainable, "inference": is_forced_inference(node.layer)}
+        decided_by[id(node)] = {key: None for key in settings[id(node)]}
 
     matches = []
     for index, rule in enumerate(plan.rules):
@@ -451,15 +553,14 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
                     selected.setdefault(id(inner), inner)
         for key, value in rule.settings().items():
             for node_id in selected:
-                if key == "trainable":
-                    trainable[node_id] = bool(value)
+                settings[node_id][key] = value
                 decided_by[node_id][key] = index
         params = sum(variable_size(v) for n in selected.values() for v in n.variables)
         ordered = tuple(n for n in tree if id(n) in selected)
         matches.append(RuleMatch(index, rule, ordered, params))
 
     layers = {
-        id(node): LayerDecision(node, trainable[id(node)], dict(decided_by[id(node)]))
+        id(node): LayerDecision(node, dict(settings[id(node)]), dict(decided_by[id(node)]))
         for node in tree
     }
     variables = []
@@ -470,7 +571,7 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
                 # Untouched layers keep exactly what Keras trains now.
                 variables.append(VariableDecision(v, node, id(v) in effective, None, False))
             else:
-                variables.append(VariableDecision(v, node, trainable[id(node)], rule, False))
+                variables.append(VariableDecision(v, node, bool(settings[id(node)]["trainable"]), rule, False))
         for v in node.states:
             variables.append(VariableDecision(v, node, False, None, True))
     return Resolution(tree, plan, layers, tuple(variables), tuple(matches))

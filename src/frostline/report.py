@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from frostline.modes import layer_mode
 from frostline.tree import LayerNode, LayerTree, variable_size
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ class LayerRow:
 
     `params` and `trainable_params` count the layer and everything inside it. `state`
     is `"trainable"`, `"frozen"`, `"partial"` (a container with both inside) or `"-"`
-    (no parameters).
+    (no parameters). `mode` is how the layer runs inside `fit`: `"training"`,
+    `"inference"` (frozen BatchNormalization, or an `inference` rule) or `"-"` (the
+    layer behaves the same either way).
     """
 
     path: str
@@ -31,6 +34,7 @@ class LayerRow:
     params: int
     trainable_params: int
     state: str
+    mode: str
     also_at: tuple[str, ...]
 
 
@@ -100,6 +104,7 @@ class Report:
             params=params,
             trainable_params=sum(variable_size(v) for v in capable if id(v) in trainable_ids),
             state=_state(capable, trainable_ids, params > 0),
+            mode=layer_mode(node.layer),
             also_at=tuple(node.paths[1:]),
         )
 
@@ -113,7 +118,7 @@ class Report:
         )
 
     def _table(self, max_depth: int | None) -> list[list[str]]:
-        rows = [["layer", "class", "params", "trainable", "state"]]
+        rows = [["layer", "class", "params", "trainable", "state", "mode"]]
         for row in self.rows:
             if max_depth is not None and row.depth > max_depth:
                 continue
@@ -121,7 +126,7 @@ class Report:
             if row.also_at:
                 label += "  (shared, also " + ", ".join(row.also_at) + ")"
             rows.append(
-                [label, row.class_name, f"{row.params:,}", f"{row.trainable_params:,}", row.state]
+                [label, row.class_name, f"{row.params:,}", f"{row.trainable_params:,}", row.state, row.mode]
             )
         return rows
 
@@ -168,8 +173,8 @@ class Report:
     def to_markdown(self) -> str:
         """The tree table as a GitHub-flavoured markdown table plus the totals."""
         lines = [
-            "| layer | class | params | trainable | state |",
-            "|---|---|--:|--:|---|",
+            "| layer | class | params | trainable | state | mode |",
+            "|---|---|--:|--:|---|---|",
         ]
         for row in self.rows:
             label = "&nbsp;&nbsp;" * row.depth + f"`{row.path}`"
@@ -177,7 +182,7 @@ class Report:
                 label += " (shared, also " + ", ".join(f"`{p}`" for p in row.also_at) + ")"
             lines.append(
                 f"| {label} | {row.class_name} | {row.params:,} | "
-                f"{row.trainable_params:,} | {row.state} |"
+                f"{row.trainable_params:,} | {row.state} | {row.mode} |"
             )
         if self.rules or self.optimizer:
             lines.append("")

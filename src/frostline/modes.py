@@ -1,0 +1,71 @@
+"""Inference mode as a rule: selected layers run with `training=False` inside `fit`.
+
+The Keras fine-tuning guide builds the model with `base(x, training=False)` so that
+BatchNormalization keeps using (and not updating) its moving statistics while its gamma
+and beta train. A model that already exists, such as `Sequential([base, head])`, cannot
+get that call added. frostline instead wraps the layer's `call` so that it always receives
+`training=False`; its weights still train if they are trainable.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import keras
+
+__all__ = ["is_forced_inference", "layer_mode", "set_inference"]
+
+_ORIGINAL = "_frostline_original_call"
+
+
+def has_training_argument(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's `call` takes a `training` argument (BatchNormalization,
+    Dropout, models, ...)."""
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def is_forced_inference(layer: keras.layers.Layer) -> bool:
+    """Whether frostline makes this layer run in inference mode."""
+    return _ORIGINAL in getattr(layer, "__dict__", {})
+
+
+def set_inference(layer: keras.layers.Layer, enabled: bool) -> None:
+    """Makes `layer` always run with `training=False` (or undoes it).
+
+    Layers without a `training` argument are left alone: they behave the same either way.
+    """
+    if enabled == is_forced_inference(layer) or not has_training_argument(layer):
+        return
+    if not enabled:
+        del layer.__dict__["call"]
+        del layer.__dict__[_ORIGINAL]
+        return
+    original = layer.call
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def call(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["training"] = False
+        return original(*bound.args, **bound.kwargs)
+
+    # Set in the instance dict directly: Keras's and torch's `__setattr__` must not see
+    # the wrapper as a tracked attribute.
+    layer.__dict__["call"] = call
+    layer.__dict__[_ORIGINAL] = original
+
+
+def layer_mode(layer: keras.layers.Layer) -> str:
+    """`"inference"`, `"training"` or `"-"` (no training-dependent behaviour): how the
+    layer runs inside `fit`.
+
+    A frozen BatchNormalization runs in inference mode on its own: Keras does that.
+    """
+    if not has_training_argument(layer):
+        return "-"
+    if is_forced_inference(layer):
+        return "inference"
+    if isinstance(layer, keras.layers.BatchNormalization) and not layer.trainable:
+        return "inference"
+    return "training"
