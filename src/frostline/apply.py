@@ -17,8 +17,9 @@ from frostline.tree import LayerTree
 
 __all__ = ["FlagSnapshot", "apply", "scoped", "sync"]
 
-# The trainable set (variable ids, in order) and the inference-mode layers each model's
-# compiled functions were last reset for.
+# Per model: the trainable set and inference-mode layers at the last sync, and which
+# compiled function objects existed then. Functions made after it (by a fit) were traced
+# for a set frostline did not see, so the next sync resets them to be safe.
 _SYNCED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -89,6 +90,7 @@ def _sync_key(model: keras.layers.Layer) -> tuple:
     return (
         tuple(id(v) for v in model.trainable_variables),
         tuple(id(l) for l in model._flatten_layers() if is_forced_inference(l)),
+        tuple(id(getattr(model, name, None)) for name in _FUNCTIONS),
     )
 
 
@@ -144,9 +146,11 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     optimizer = getattr(model, "optimizer", None)
     built = optimizer is not None and getattr(optimizer, "built", False)
     stale_optimizer = built and not optimizer_variables_match(optimizer, model.trainable_variables)
-    stale_functions = _SYNCED.get(model, key) != key or stale_optimizer
+    has_functions = any(getattr(model, name, None) is not None for name in _FUNCTIONS)
+    stale_functions = has_functions and _SYNCED.get(model) != key
     if not stale_optimizer and not stale_functions:
         _untangle_optimizer_buffers(model)
+        _SYNCED[model] = key
         return False
     state = CompiledState(model)
     try:
@@ -160,7 +164,7 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
             # now taken effect.
             model._compiled_trainable_state = {l: l.trainable for l in model._flatten_layers()}
         _untangle_optimizer_buffers(model)
-        _SYNCED[model] = key
+        _SYNCED[model] = _sync_key(model)
     except BaseException:
         state.restore()
         raise
@@ -177,11 +181,6 @@ def _untangle_optimizer_buffers(model: keras.layers.Layer) -> None:
     for v in optimizer.variables:
         if getattr(v, "_value", None) is not None and id(v._value) in model_buffers:
             v.assign(keras.ops.copy(v._value))
-
-
-def mark_synced(model: keras.layers.Layer) -> None:
-    """Records the model's current trainable set as what its functions were built for."""
-    _SYNCED[model] = _sync_key(model)
 
 
 def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Report:
@@ -232,7 +231,8 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
     try:
         _write(resolution)
         _check_trainable_set(model, resolution)
-        sync(model, _stash=stash)
+        if FlagSnapshot(tree) != flags:  # nothing changed, nothing to retrace
+            sync(model, _stash=stash)
         if record:
             record_plan(model, plan)
     except BaseException:

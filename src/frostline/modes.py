@@ -56,9 +56,29 @@ def set_inference(layer: keras.layers.Layer, enabled: bool) -> None:
     layer.__dict__[_ORIGINAL] = original
 
 
+_TRAINING_SENSITIVE = (
+    keras.layers.BatchNormalization,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+)
+
+
+def _behaves_differently_in_training(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, _TRAINING_SENSITIVE) or type(layer).__name__.startswith("Random"):
+        return True
+    # Keras's own models and other layers take `training` only to pass it on; a layer
+    # of the user's own that takes it may use it.
+    return not type(layer).__module__.startswith("keras.")
+
+
 def layer_mode(layer: keras.layers.Layer) -> str:
-    """`"inference"`, `"training"` or `"-"` (no training-dependent behaviour): how the
-    layer runs inside `fit`.
+    """How the layer runs inside `fit`: `"inference"`, `"training"`, or `"-"` for a
+    layer whose behaviour does not depend on it (Dense, Conv2D, Keras's containers).
 
     A frozen BatchNormalization runs in inference mode on its own: Keras does that.
     """
@@ -68,4 +88,4 @@ def layer_mode(layer: keras.layers.Layer) -> str:
         return "inference"
     if isinstance(layer, keras.layers.BatchNormalization) and not layer.trainable:
         return "inference"
-    return "training"
+    return "training" if _behaves_differently_in_training(layer) else "-"
