@@ -1,12 +1,45 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the test suite on the JAX backend. Arguments go to pytest.
-set -euo pipefail
+# Sets everything up and runs the tests: the whole suite on JAX, then the backend-parity
+# suite (tests/test_backends.py) on TensorFlow and on PyTorch, each backend in its own
+# process and virtual environment. Arguments go to the JAX run of pytest.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
-status=0
-KERAS_BACKEND=jax .venv/bin/python -m pytest "$@" || status=$?
-if [ "$status" -eq 5 ]; then
-    echo "scripts/test.sh: pytest collected no tests; that is a failure here" >&2
-    exit 1
-fi
-exit "$status"
+reports=$(mktemp -d)
+failed=0
+
+run() {  # run BACKEND VENV PYTEST-ARGS...
+    local backend=$1 venv=$2
+    shift 2
+    echo "== $backend: pytest $*"
+    KERAS_BACKEND=$backend "$venv/bin/python" -m pytest --junitxml="$reports/$backend.xml" "$@"
+    local status=$?
+    if [ "$status" -eq 5 ]; then
+        echo "scripts/test.sh: pytest ran no tests on $backend; that is a failure here" >&2
+        status=1
+    fi
+    if [ "$status" -ne 0 ]; then
+        failed=1
+    fi
+}
+
+bash scripts/setup.sh test || exit 1
+run jax .venv "$@"
+for backend in tensorflow torch; do
+    bash scripts/setup.sh --venv ".venv-$backend" "$backend" test || exit 1
+    run "$backend" ".venv-$backend" tests/test_backends.py
+done
+
+# One closing line over all runs.
+.venv/bin/python - "$reports" <<'PY'
+import sys, glob, xml.etree.ElementTree as ET
+passed = failed = skipped = 0
+for path in sorted(glob.glob(sys.argv[1] + "/*.xml")):
+    for suite in ET.parse(path).getroot().iter("testsuite"):
+        total, errors, fails, skips = (int(suite.get(k, 0)) for k in ("tests", "errors", "failures", "skipped"))
+        passed += total - errors - fails - skips
+        failed += errors + fails
+        skipped += skips
+print(f"total: {passed} passed, {failed} failed, {skipped} skipped")
+PY
+rm -rf "$reports"
+exit "$failed"

@@ -192,3 +192,27 @@ def test_failing_plans_leave_every_flag_as_it_was(case, bad):
         fl.apply(model, plan)
     assert FlagSnapshot(fl.LayerTree(model)) == before
     assert [id(v) for v in model.trainable_weights] == trainable_before
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_specs(), st.lists(st.lists(st.tuples(st.booleans(), st.sampled_from(["type:Dense", "d*", "c*", "[:1]", "[-1:]", "d0", "d1", "d2"])), min_size=1, max_size=3), min_size=1, max_size=3))
+def test_plans_applied_between_fits_train_exactly_the_resolved_set(spec, plans):
+    """Random models, random sequences of plans applied between real fits: after every
+    fit, exactly the resolved trainable variables changed."""
+    import numpy as np
+
+    model = build_model(spec, set())
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.5), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, WIDTH)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(8, WIDTH)).astype("float32")
+    model.fit(x, y, batch_size=4, verbose=0)
+    for rules in plans:
+        try:
+            fl.apply(model, build_plan(rules))
+        except fl.PlanError:
+            continue
+        expected = {id(v) for v in fl.resolve(fl.Plan(), fl.LayerTree(model)).trainable_variables}
+        before = {id(v): keras.ops.convert_to_numpy(v.value).copy() for v in model.weights}
+        model.fit(x, y, batch_size=4, verbose=0)
+        moved = {id(v) for v in model.weights if not np.array_equal(before[id(v)], keras.ops.convert_to_numpy(v.value))}
+        assert moved == expected

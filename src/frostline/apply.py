@@ -149,7 +149,7 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     has_functions = any(getattr(model, name, None) is not None for name in _FUNCTIONS)
     stale_functions = has_functions and _SYNCED.get(model) != key
     if not stale_optimizer and not stale_functions:
-        _untangle_optimizer_buffers(model)
+        untangle_optimizer_buffers(model)
         _SYNCED[model] = key
         return False
     state = CompiledState(model)
@@ -163,7 +163,7 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
             # Keras warns at the next fit that flags changed since compile; they have
             # now taken effect.
             model._compiled_trainable_state = {l: l.trainable for l in model._flatten_layers()}
-        _untangle_optimizer_buffers(model)
+        untangle_optimizer_buffers(model)
         _SYNCED[model] = _sync_key(model)
     except BaseException:
         state.restore()
@@ -171,9 +171,12 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     return True
 
 
-def _untangle_optimizer_buffers(model: keras.layers.Layer) -> None:
-    # With EMA on JAX, Keras's end-of-fit overwrite leaves model variables and their
-    # averages sharing one buffer, and the next fit fails donating it twice.
+def untangle_optimizer_buffers(model: keras.layers.Layer) -> None:
+    """Gives optimizer variables that share a buffer with a model variable their own.
+
+    With EMA on JAX, Keras's end-of-fit overwrite leaves model variables and their
+    averages sharing one buffer, and the next fit fails donating it twice.
+    """
     optimizer = getattr(model, "optimizer", None)
     if keras.backend.backend() != "jax" or optimizer is None or not getattr(optimizer, "use_ema", False):
         return

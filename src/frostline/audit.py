@@ -74,6 +74,7 @@ class Fingerprint:
     """
 
     def __init__(self, variables: list[tuple[str, keras.Variable]], *, reference: Reference = "disk"):
+        self._directory = None
         if reference not in ("disk", "memory", None):
             raise ValueError(
                 f"Expected reference='disk', 'memory' or None. Received: reference={reference!r}"

@@ -6,7 +6,7 @@ from typing import Literal
 
 import keras
 
-from frostline.apply import sync
+from frostline.apply import sync, untangle_optimizer_buffers
 from frostline.errors import StaleTrainableError
 from frostline.tree import LayerTree
 
@@ -68,6 +68,7 @@ class FreezeGuard(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         now_trainable, now_frozen = stale_variables(self.model)
         if not now_trainable and not now_frozen:
+            untangle_optimizer_buffers(self.model)
             return
         if self.mode == "raise":
             raise StaleTrainableError(

@@ -1,0 +1,68 @@
+import keras
+import numpy as np
+import pytest
+
+import frostline as fl
+from frostline.modes import is_forced_inference, layer_mode
+from model_zoo import nested
+
+
+def dropout_model():
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, name="d"), keras.layers.Dropout(0.9, name="drop")],
+        name="m",
+    )
+
+
+def test_dropout_is_off_in_inference_mode_while_training():
+    model = dropout_model()
+    x = np.ones((4, 8), "float32")
+    trained = keras.ops.convert_to_numpy(model(x, training=True))
+    assert np.mean(trained == 0) > 0.5  # dropout at 0.9 zeroes most outputs
+    fl.apply(model, fl.Plan().inference("drop"))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(x, training=True)), keras.ops.convert_to_numpy(model(x, training=False))
+    )
+    fl.apply(model, fl.Plan().inference("drop", enabled=False))
+    assert np.mean(keras.ops.convert_to_numpy(model(x, training=True)) == 0) > 0.5
+
+
+def test_inference_on_a_container_reaches_every_layer_inside():
+    model = nested()
+    fl.apply(model, fl.Plan().inference("base"))
+    bn = model.get_layer("base").get_layer("stem_bn")
+    assert is_forced_inference(bn) and is_forced_inference(model.get_layer("base"))
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, np.zeros((8, 3), "float32"), verbose=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.moving_mean.value), np.zeros(5))
+
+
+def test_report_mode_column():
+    model = nested()
+    fl.apply(model, fl.Plan().freeze("stem_bn"))
+    modes = {r.path: r.mode for r in fl.report(model).rows}
+    assert modes["base/stem_bn"] == "inference"  # frozen BatchNormalization: Keras does it
+    assert modes["head"] == "-"
+    fl.apply(model, fl.Plan().unfreeze("stem_bn"))
+    assert {r.path: r.mode for r in fl.report(model).rows}["base/stem_bn"] == "training"
+    assert layer_mode(keras.layers.Dropout(0.1)) == "training"
+    assert "mode" in str(fl.report(model)).splitlines()[0]
+
+
+def test_inference_rule_round_trips_through_yaml():
+    plan = fl.Plan().inference("type:BatchNormalization").inference("drop", enabled=False)
+    assert plan.to_dict() == {
+        "rules": [{"inference": "type:BatchNormalization"}, {"inference": "drop", "enabled": False}]
+    }
+    assert fl.Plan.from_yaml(plan.to_yaml()) == plan
+    with pytest.raises(fl.PlanError, match=r"field 'enabled' expects bool\. Received: 'no'"):
+        fl.Plan.from_dict({"rules": [{"inference": "drop", "enabled": "no"}]})
+
+
+def test_positional_training_argument_is_overridden_too():
+    layer = keras.layers.Dropout(0.99)
+    model = keras.Sequential([keras.Input((4,)), layer])
+    fl.apply(model, fl.Plan().inference("[:]"))
+    x = keras.ops.ones((2, 4))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.call(x, True)), np.ones((2, 4)))
