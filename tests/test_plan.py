@@ -177,3 +177,23 @@ def test_slice_of_a_missing_container_follows_strict():
 def test_empty_rule_mapping_message():
     with pytest.raises(fl.PlanError, match="Plan rule 1: expected a mapping with one rule kind.*Received an empty mapping"):
         fl.Plan.from_dict({"rules": [{}]})
+
+
+def test_fields_are_checked_when_rules_are_built_directly():
+    with pytest.raises(fl.PlanError, match=r"inference rule: field 'enabled' expects bool\. Received: 'yes'"):
+        fl.Inference(("base",), enabled="yes")
+
+
+def test_malformed_yaml_message_is_short():
+    with pytest.raises(fl.PlanError) as e:
+        fl.Plan.from_yaml("rules: [freeze: base\n")
+    assert "\n" not in str(e.value) and "^" not in str(e.value)
+    assert str(e.value).startswith("Plan: malformed YAML at line 2, column 1")
+
+
+def test_type_suggestion_ignores_case():
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.ReLU(name="r")])
+    with pytest.raises(fl.PlanError, match="Did you mean 'ReLU'"):
+        fl.resolve(fl.Plan().freeze("type:Relu"), fl.LayerTree(model))

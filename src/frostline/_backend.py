@@ -47,11 +47,16 @@ def choose_default_backend() -> None:
     if requested:
         module = _BACKEND_MODULES.get(requested)
         if module is not None and importlib.util.find_spec(module) is None:
-            extra = {"tensorflow": "tensorflow", "torch": "torch"}.get(requested)
-            hint = f"pip install 'frostline[{extra}]'" if extra else f"install {module}"
+            hints = {
+                "tensorflow": "pip install 'frostline[tensorflow]'",
+                "torch": "pip install 'frostline[torch]'",
+                "jax": "pip install jax jaxlib",
+            }
+            hint = hints.get(requested, f"pip install {module}")
+            fallback = "" if requested == "jax" else ", or unset KERAS_BACKEND to use JAX"
             raise ImportError(
-                f"KERAS_BACKEND={requested!r} but {module} is not installed. Either "
-                f"{hint}, or unset KERAS_BACKEND to use JAX."
+                f"KERAS_BACKEND={requested!r} but {module} is not installed. "
+                f"Install it ({hint}){fallback}."
             )
         return
     module = _BACKEND_MODULES.get(_configured_backend())

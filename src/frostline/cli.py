@@ -58,7 +58,7 @@ def _inspect(args: argparse.Namespace) -> int:
         result = report(model)
     else:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
+            warnings.filterwarnings("always", message=r"Rule \d+ ", category=UserWarning)
             try:
                 result = apply(model, plan, strict=not args.lenient)
             except PlanError as e:

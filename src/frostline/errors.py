@@ -20,6 +20,10 @@ def did_you_mean(received: str, known: Iterable[str], *, n: int = 1) -> str:
     known = sorted(set(known))
     close = difflib.get_close_matches(received, known, n=n, cutoff=0.6)
     if not close:
+        # Then ignoring case: 'Relu' for 'ReLU'.
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[c] for c in difflib.get_close_matches(received.lower(), list(lowered), n=n, cutoff=0.6)]
+    if not close:
         return ""
     if len(close) == 1:
         return f" Did you mean '{close[0]}'?"

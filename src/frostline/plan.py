@@ -62,6 +62,15 @@ class Rule:
     def __post_init__(self) -> None:
         # Rules built directly, not through Plan, get the same checks.
         object.__setattr__(self, "selectors", parse_selectors(self.selectors))
+        for name, expected in self.fields.items():
+            value = getattr(self, name)
+            if not _is_instance(value, expected):
+                raise PlanError(
+                    f"{self.kind} rule: field {name!r} expects {expected.__name__}. "
+                    f"Received: {value!r} (of type {type(value).__name__})."
+                )
+            if expected is float:
+                object.__setattr__(self, name, float(value))
 
     def settings(self) -> dict[str, Any]:
         """The per-layer settings this rule decides, e.g. `{"trainable": False}`."""
@@ -366,7 +375,10 @@ class Plan:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise PlanError("Plan: malformed YAML: " + " ".join(str(e).split())) from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise PlanError(f"Plan: malformed YAML{where}: {problem}.") from None
         if data is None:
             return cls()
         return cls.from_dict(data)
