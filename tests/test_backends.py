@@ -116,6 +116,24 @@ def test_hand_set_flags_take_effect_with_freeze_guard():
     }
 
 
+def test_apply_from_a_callback_between_epochs_takes_effect_in_the_next_epoch():
+    model = compiled(nested())
+    fl.apply(model, fl.Plan().freeze("base"))
+    snapshots = []
+
+    class Unfreeze(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(values(self.model))
+            if epoch == 0:
+                fl.apply(self.model, fl.Plan().unfreeze("stem"))
+
+    fit(model, epochs=2, callbacks=[Unfreeze()])
+    first, second = snapshots
+    assert "base/stem/kernel" in changed(first, second)
+    assert "base/block5/conv1/kernel" not in changed(first, second)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * STEPS
+
+
 def test_freeze_guard_raise_names_what_changed_and_changes_nothing():
     model = compiled(nested())
     fit(model)

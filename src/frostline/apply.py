@@ -117,7 +117,8 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     `iterations`, learning-rate schedule position and the slots (Adam moments, momentum)
     of every variable that stays trainable carry over; newly trainable variables start
     with fresh slots; newly frozen ones lose theirs. The compiled train, test and
-    predict functions are reset so that they are traced again for the new set.
+    predict functions are made anew, so that they are traced for the new set; that works
+    between epochs of a running `fit` too.
 
     Args:
         model: A Keras model, compiled or not (an uncompiled model needs nothing).
@@ -156,9 +157,13 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     try:
         if stale_optimizer:
             migrate_optimizer(optimizer, model.trainable_variables, stash=_stash)
-        for name in _FUNCTIONS:
+        for name in ("test_function", "predict_function"):
             if hasattr(model, name):
                 setattr(model, name, None)
+        if getattr(model, "train_function", None) is not None:
+            # Made anew rather than dropped: a fit in progress (a callback between
+            # epochs) calls `model.train_function` on.
+            model.make_train_function(force=True)
         if hasattr(model, "_compiled_trainable_state"):
             # Keras warns at the next fit that flags changed since compile; they have
             # now taken effect.
@@ -192,7 +197,8 @@ def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Repo
     The whole plan is validated before anything changes. Afterwards
     `model.trainable_weights` is exactly the resolved set, the selected layers run in the
     resolved mode, and on a compiled model the next `fit` trains exactly that set with
-    the optimizer state kept (see `sync`): no recompiling. After any error the flags,
+    the optimizer state kept (see `sync`): no recompiling, also from a callback between
+    epochs. After any error the flags,
     modes and optimizer are exactly as they were.
 
     Args:

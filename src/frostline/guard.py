@@ -81,5 +81,3 @@ class FreezeGuard(keras.callbacks.Callback):
                 now_frozen,
             )
         sync(self.model)
-        # fit made its train function before calling us; give it the new one.
-        self.model.make_train_function(force=True)
