@@ -275,3 +275,23 @@ def test_shared_layer_frozen_in_one_model_by_keras_freezes_the_other():
     fl.apply(model, fl.Plan().freeze("left"))
     right = model.get_layer("right")
     assert not right.layers[0].trainable
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+def test_learning_rate_multiplier_scales_each_update_exactly(name):
+    def head_delta(multiplier):
+        keras.utils.set_random_seed(0)
+        optimizer = {
+            "Adam": lambda: keras.optimizers.Adam(0.01),
+            "AdamW": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+            "SGD": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        }[name]()
+        model = compiled(nested(), optimizer)
+        fl.apply(model, fl.Plan().freeze("base").lr("head", multiplier))
+        before = values(model)
+        fit(model)
+        after = values(model)
+        assert changed(before, after) == {"head/kernel", "head/bias"}
+        return after["head/kernel"] - before["head/kernel"]
+
+    np.testing.assert_allclose(head_delta(0.25), 0.25 * head_delta(1.0), rtol=1e-4, atol=1e-7)

@@ -9,7 +9,15 @@ from collections.abc import Iterator
 import keras
 
 from frostline.modes import is_forced_inference, set_inference
-from frostline.optim import OptimizerState, migrate_optimizer, optimizer_variables_match
+from frostline.optim import (
+    OptimizerState,
+    install_lr_multipliers,
+    lr_multipliers_installed,
+    migrate_optimizer,
+    model_lr_multipliers,
+    optimizer_variables_match,
+    set_model_lr_multipliers,
+)
 from frostline.plan import Plan, Resolution, resolve
 from frostline.report import Report
 from frostline.saving import record_plan
@@ -32,8 +40,10 @@ class FlagSnapshot:
     """
 
     def __init__(self, tree: LayerTree):
+        self._model = tree.model
         self._layers = [(node.layer, node.layer.trainable, is_forced_inference(node.layer)) for node in tree]
         self._variables = [(v, v.trainable) for node in tree for v in node.weights]
+        self._lr = model_lr_multipliers(tree.model)
 
     def restore(self) -> None:
         """Puts every flag back as it was when the snapshot was taken."""
@@ -43,11 +53,13 @@ class FlagSnapshot:
             # Not the public setter: it recurses into sublayers and would overwrite them.
             layer._trainable = flag
             set_inference(layer, inference)
+        set_model_lr_multipliers(self._model, self._lr)
 
     def _key(self) -> tuple:
         return (
             [(id(l), f, i) for l, f, i in self._layers],
             [(id(v), f) for v, f in self._variables],
+            sorted((k, m) for k, (_, m) in self._lr.items()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -89,6 +101,7 @@ _FUNCTIONS = ("train_function", "test_function", "predict_function")
 def _sync_key(model: keras.layers.Layer) -> tuple:
     return (
         tuple(id(v) for v in model.trainable_variables),
+        tuple(sorted((k, m) for k, (_, m) in model_lr_multipliers(model).items())),
         tuple(id(l) for l in model._flatten_layers() if is_forced_inference(l)),
         tuple(id(getattr(model, name, None)) for name in _FUNCTIONS),
     )
@@ -107,6 +120,10 @@ def _write(resolution: Resolution) -> None:
     for node in resolution.tree:
         node.layer._trainable = resolution.container_trainable(node)
         set_inference(node.layer, resolution.decision(node).inference)
+    set_model_lr_multipliers(
+        resolution.tree.model,
+        {id(d.variable): (d.variable, d.lr) for d in resolution.variables if not d.is_state},
+    )
 
 
 def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
@@ -147,6 +164,11 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     optimizer = getattr(model, "optimizer", None)
     built = optimizer is not None and getattr(optimizer, "built", False)
     stale_optimizer = built and not optimizer_variables_match(optimizer, model.trainable_variables)
+    wanted_lr = model_lr_multipliers(model)
+    if optimizer is not None and lr_multipliers_installed(optimizer) != {
+        optimizer._var_key(v): m for v, m in wanted_lr.values()
+    }:
+        stale_optimizer = True
     has_functions = any(getattr(model, name, None) is not None for name in _FUNCTIONS)
     stale_functions = has_functions and _SYNCED.get(model) != key
     if not stale_optimizer and not stale_functions:
@@ -156,7 +178,9 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     state = CompiledState(model)
     try:
         if stale_optimizer:
-            migrate_optimizer(optimizer, model.trainable_variables, stash=_stash)
+            if built:
+                migrate_optimizer(optimizer, model.trainable_variables, stash=_stash)
+            install_lr_multipliers(optimizer, wanted_lr)
         for name in ("test_function", "predict_function"):
             if hasattr(model, name):
                 setattr(model, name, None)

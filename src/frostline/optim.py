@@ -14,10 +14,18 @@ own variable objects wherever a variable keeps its place.
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 from keras.src.utils.tracking import DotNotTrackScope
 
-__all__ = ["OptimizerState", "migrate_optimizer", "optimizer_variables_match"]
+__all__ = [
+    "OptimizerState",
+    "install_lr_multipliers",
+    "lr_multipliers_installed",
+    "migrate_optimizer",
+    "optimizer_variables_match",
+]
 
 _EMA_SLOTS = "_model_variables_moving_average"
 
@@ -190,3 +198,102 @@ def _adopt(real, twin, twin_attrs_before: dict, twin_init_variables: list, stash
         real._trainable_variables = new_vars
         real._trainable_variables_indices = dict(twin._trainable_variables_indices)
         real.built = True
+
+
+_LR_MAP = "_frostline_lr_multipliers"
+# Per model: {id(variable): (variable, multiplier)}, set by `apply`, installed on the
+# model's optimizer by `sync`.
+_MODEL_LR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def lr_multiplier(model: keras.layers.Layer, variable: keras.Variable) -> float:
+    """The learning-rate multiplier frostline gives `variable` in `model` (1.0 if none)."""
+    return _MODEL_LR.get(model, {}).get(id(variable), (variable, 1.0))[1]
+
+
+def set_model_lr_multipliers(model: keras.layers.Layer, multipliers: dict[int, tuple]) -> None:
+    """Records `{id(variable): (variable, multiplier)}` for `model`; `sync` installs it."""
+    kept = {k: (v, float(m)) for k, (v, m) in multipliers.items() if float(m) != 1.0}
+    if kept:
+        _MODEL_LR[model] = kept
+    else:
+        _MODEL_LR.pop(model, None)
+
+
+def model_lr_multipliers(model: keras.layers.Layer) -> dict[int, tuple]:
+    """`{id(variable): (variable, multiplier)}` recorded for `model`."""
+    return dict(_MODEL_LR.get(model, {}))
+_PATCHED = ("update_step", "_apply_weight_decay", "_backend_update_step")
+
+
+def _sequential_update_step(opt):
+    """The per-variable update loop for `opt`, also for PyTorch's vectorised optimizers.
+
+    PyTorch's parallel optimizers update every variable in one call with one learning
+    rate; per-variable multipliers need the per-variable path their base class keeps.
+    """
+    for cls in type(opt).__mro__:
+        if cls.__name__ == "TorchParallelOptimizer":
+            return super(cls, opt)._backend_update_step
+    return None
+
+
+def install_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers: dict[int, tuple]) -> None:
+    """Makes each variable's update use the learning rate times its multiplier.
+
+    Args:
+        optimizer: A Keras optimizer (wrapped optimizers are reached too).
+        multipliers: `{id(variable): (variable, multiplier)}`; variables not listed, or
+            with multiplier 1, update as usual. An empty dict removes the multipliers.
+
+    The optimizer's `update_step` gets `learning_rate * multiplier` for the variable,
+    which is exact for every optimizer (Adam included, where scaling the gradient would
+    not be); decoupled weight decay is scaled the same way.
+    """
+    for opt in _optimizers_within(optimizer):
+        for name in _PATCHED:
+            opt.__dict__.pop(name, None)
+        opt.__dict__.pop(_LR_MAP, None)
+        scaled = {opt._var_key(v): float(m) for v, m in multipliers.values() if float(m) != 1.0}
+        if not scaled:
+            continue
+        opt.__dict__[_LR_MAP] = scaled
+        _patch(opt)
+
+
+def lr_multipliers_installed(optimizer: keras.optimizers.Optimizer) -> dict:
+    """`{variable key: multiplier}` installed on the optimizer (merged over wrapped ones)."""
+    found: dict = {}
+    for opt in _optimizers_within(optimizer):
+        found.update(opt.__dict__.get(_LR_MAP, {}))
+    return found
+
+
+def _patch(opt) -> None:
+    cls = type(opt)
+    multipliers = opt.__dict__[_LR_MAP]
+
+    def update_step(gradient, variable, learning_rate):
+        m = multipliers.get(opt._var_key(variable), 1.0)
+        if m != 1.0:
+            learning_rate = keras.ops.multiply(learning_rate, m)
+        return cls.update_step(opt, gradient, variable, learning_rate)
+
+    def _apply_weight_decay(variables):
+        plain = [v for v in variables if multipliers.get(opt._var_key(v), 1.0) == 1.0]
+        if plain:  # PyTorch's version fails on an empty list
+            cls._apply_weight_decay(opt, plain)
+        if opt.weight_decay is None:
+            return
+        for v in variables:
+            m = multipliers.get(opt._var_key(v), 1.0)
+            if m != 1.0 and opt._use_weight_decay(v):
+                lr = keras.ops.cast(opt.learning_rate, v.dtype)
+                wd = keras.ops.cast(opt.weight_decay, v.dtype)
+                v.assign(v - v * wd * lr * m)
+
+    opt.__dict__["update_step"] = update_step
+    opt.__dict__["_apply_weight_decay"] = _apply_weight_decay
+    sequential = _sequential_update_step(opt)
+    if sequential is not None:
+        opt.__dict__["_backend_update_step"] = sequential

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -14,6 +15,7 @@ import yaml
 
 from frostline.errors import PlanError, did_you_mean
 from frostline.modes import is_forced_inference
+from frostline.optim import lr_multiplier
 from frostline.selectors import Selector, parse_selectors
 from frostline.tree import LayerNode, LayerTree, variable_size
 
@@ -21,6 +23,7 @@ __all__ = [
     "Freeze",
     "Inference",
     "LayerDecision",
+    "LearningRate",
     "Plan",
     "Resolution",
     "Rule",
@@ -188,6 +191,35 @@ class Inference(Rule):
         return config
 
 
+@register_rule
+@dataclasses.dataclass(frozen=True)
+class LearningRate(Rule):
+    """Multiply the learning rate of the selected layers' weights (discriminative rates).
+
+    Each selected variable's update uses the optimizer's learning rate times
+    `multiplier`, for every built-in Keras optimizer (Adam included) on every backend.
+    """
+
+    kind: ClassVar[str] = "lr"
+    fields: ClassVar[Mapping[str, type]] = {"multiplier": float}
+
+    multiplier: float
+
+    def settings(self) -> dict[str, Any]:
+        return {"lr": self.multiplier}
+
+    def describe(self) -> str:
+        return super().describe() + f" x{self.multiplier:g}"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.multiplier >= 0 and math.isfinite(self.multiplier)):
+            raise PlanError(
+                f"lr rule: field 'multiplier' expects a finite number of 0 or more. "
+                f"Received: {self.multiplier!r}."
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """An immutable, ordered list of rules. Each method returns a new Plan.
@@ -258,6 +290,18 @@ class Plan:
             A new Plan.
         """
         return self.with_rule(Inference(_flatten_selectors(selectors), enabled=enabled))
+
+    def lr(self, selectors: SelectorsLike, multiplier: float) -> Plan:
+        """Scales the learning rate of the selected layers' weights by `multiplier`.
+
+        Args:
+            selectors: A selector or a list of them.
+            multiplier: A number of 0 or more; 1 is the optimizer's own rate.
+
+        Returns:
+            A new Plan.
+        """
+        return self.with_rule(LearningRate(parse_selectors(selectors), multiplier=multiplier))
 
     def then(self, other: Plan) -> Plan:
         """A plan with this plan's rules followed by `other`'s."""
@@ -412,7 +456,7 @@ class LayerDecision:
 
     Attributes:
         node: The layer.
-        settings: `{"trainable": bool, "inference": bool}`.
+        settings: `{"trainable": bool, "inference": bool, "lr": float}`.
         decided_by: For each setting, the deciding rule's index or `None`.
     """
 
@@ -430,6 +474,11 @@ class LayerDecision:
         """Whether frostline runs the layer in inference mode."""
         return bool(self.settings["inference"])
 
+    @property
+    def lr(self) -> float:
+        """The layer's learning-rate multiplier."""
+        return float(self.settings["lr"])
+
 
 @dataclasses.dataclass(frozen=True)
 class VariableDecision:
@@ -443,6 +492,7 @@ class VariableDecision:
             its layer (its current state is kept) or it is state that never trains.
         is_state: True for variables that never train whatever the flags, such as
             BatchNormalization's moving statistics.
+        lr: The learning-rate multiplier of its updates.
     """
 
     variable: Any
@@ -450,6 +500,7 @@ class VariableDecision:
     trainable: bool
     rule: int | None
     is_state: bool
+    lr: float = 1.0
 
     @property
     def size(self) -> int:
@@ -541,7 +592,11 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
             trainable = any(id(v) in effective for v in node.weights)
         else:
             trainable = bool(node.layer.trainable)
-        settings[id(node)] = {"trainable": trainable, "inference": is_forced_inference(node.layer)}
+        settings[id(node)] = {
+            "trainable": trainable,
+            "inference": is_forced_inference(node.layer),
+            "lr": lr_multiplier(tree.model, node.weights[0]) if node.weights else 1.0,
+        }
         decided_by[id(node)] = {key: None for key in settings[id(node)]}
 
     matches = []
@@ -578,12 +633,13 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     variables = []
     for node in tree:
         rule = decided_by[id(node)]["trainable"]
+        lr = float(settings[id(node)]["lr"])
         for v in node.weights:
             if rule is None:
                 # Untouched layers keep exactly what Keras trains now.
-                variables.append(VariableDecision(v, node, id(v) in effective, None, False))
+                variables.append(VariableDecision(v, node, id(v) in effective, None, False, lr))
             else:
-                variables.append(VariableDecision(v, node, bool(settings[id(node)]["trainable"]), rule, False))
+                variables.append(VariableDecision(v, node, bool(settings[id(node)]["trainable"]), rule, False, lr))
         for v in node.states:
             variables.append(VariableDecision(v, node, False, None, True))
     return Resolution(tree, plan, layers, tuple(variables), tuple(matches))

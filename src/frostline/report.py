@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from frostline.modes import layer_mode
+from frostline.optim import lr_multiplier
 from frostline.tree import LayerNode, LayerTree, variable_size
 
 if TYPE_CHECKING:
@@ -24,7 +25,9 @@ class LayerRow:
     is `"trainable"`, `"frozen"`, `"partial"` (a container with both inside) or `"-"`
     (no parameters). `mode` is how the layer runs inside `fit`: `"training"`,
     `"inference"` (frozen BatchNormalization, or an `inference` rule) or `"-"` (the
-    layer behaves the same either way).
+    layer behaves the same either way). `lr` is the learning-rate multiplier of the
+    layer's weights (`"x0.1"`), `"mixed"` for a container whose layers differ, `"-"`
+    without trainable-capable weights.
     """
 
     path: str
@@ -35,6 +38,7 @@ class LayerRow:
     trainable_params: int
     state: str
     mode: str
+    lr: str
     also_at: tuple[str, ...]
 
 
@@ -46,6 +50,14 @@ class RuleSummary:
     rule: str
     layers: int
     params: int
+
+
+def _lr_label(multipliers: set[float]) -> str:
+    if not multipliers:
+        return "-"
+    if len(multipliers) > 1:
+        return "mixed"
+    return f"x{next(iter(multipliers)):g}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -78,7 +90,8 @@ class Report:
         model = tree.model
         self.model_name: str = model.name
         trainable_ids = tree.effective_trainable_ids()
-        self.rows: list[LayerRow] = [self._row(node, trainable_ids) for node in tree]
+        self.rows: list[LayerRow] = [self._row(node, trainable_ids, model) for node in tree]
+        self.has_lr_multipliers = any(r.lr not in ("x1", "-") for r in self.rows)
         self.trainable_params = sum(variable_size(v) for v in model.trainable_weights)
         self.frozen_params = sum(variable_size(v) for v in model.non_trainable_weights)
         self.total_params = self.trainable_params + self.frozen_params
@@ -91,7 +104,7 @@ class Report:
             ]
 
     @staticmethod
-    def _row(node: LayerNode, trainable_ids: set[int]) -> LayerRow:
+    def _row(node: LayerNode, trainable_ids: set[int], model) -> LayerRow:
         inside = list(node.descendants())
         variables = [v for n in inside for v in n.variables]
         capable = [v for n in inside for v in n.weights]
@@ -105,6 +118,7 @@ class Report:
             trainable_params=sum(variable_size(v) for v in capable if id(v) in trainable_ids),
             state=_state(capable, trainable_ids, params > 0),
             mode=layer_mode(node.layer),
+            lr=_lr_label({lr_multiplier(model, v) for v in capable}),
             also_at=tuple(node.paths[1:]),
         )
 
@@ -117,17 +131,18 @@ class Report:
             f"frozen {self.frozen_params:,} · total {self.total_params:,}"
         )
 
-    def _table(self, max_depth: int | None) -> list[list[str]]:
-        rows = [["layer", "class", "params", "trainable", "state", "mode"]]
+    def _table(self, max_depth: int | None, *, markdown: bool = False) -> list[list[str]]:
+        header = ["layer", "class", "params", "trainable", "state", "mode"]
+        rows = [header + ["lr"] if self.has_lr_multipliers else header]
         for row in self.rows:
             if max_depth is not None and row.depth > max_depth:
                 continue
-            label = "  " * row.depth + row.path
+            quote = (lambda p: f"`{p}`") if markdown else (lambda p: p)
+            label = ("&nbsp;&nbsp;" if markdown else "  ") * row.depth + quote(row.path)
             if row.also_at:
-                label += "  (shared, also " + ", ".join(row.also_at) + ")"
-            rows.append(
-                [label, row.class_name, f"{row.params:,}", f"{row.trainable_params:,}", row.state, row.mode]
-            )
+                label += "  (shared, also " + ", ".join(quote(p) for p in row.also_at) + ")"
+            cells = [label, row.class_name, f"{row.params:,}", f"{row.trainable_params:,}", row.state, row.mode]
+            rows.append(cells + [row.lr] if self.has_lr_multipliers else cells)
         return rows
 
     def to_string(self, *, max_depth: int | None = None) -> str:
@@ -172,18 +187,10 @@ class Report:
 
     def to_markdown(self) -> str:
         """The tree table as a GitHub-flavoured markdown table plus the totals."""
-        lines = [
-            "| layer | class | params | trainable | state | mode |",
-            "|---|---|--:|--:|---|---|",
-        ]
-        for row in self.rows:
-            label = "&nbsp;&nbsp;" * row.depth + f"`{row.path}`"
-            if row.also_at:
-                label += " (shared, also " + ", ".join(f"`{p}`" for p in row.also_at) + ")"
-            lines.append(
-                f"| {label} | {row.class_name} | {row.params:,} | "
-                f"{row.trainable_params:,} | {row.state} | {row.mode} |"
-            )
+        table = self._table(None, markdown=True)
+        align = ["---", "---", "--:", "--:", "---", "---", "--:"][: len(table[0])]
+        lines = ["| " + " | ".join(table[0]) + " |", "|" + "|".join(align) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in table[1:]]
         if self.rules or self.optimizer:
             lines.append("")
         for r in self.rules:
