@@ -8,10 +8,12 @@ from frostline.apply import apply, scoped, sync  # noqa: E402
 from frostline.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
 from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
 from frostline.guard import FreezeGuard  # noqa: E402
+from frostline.phases import FineTune, Phase, PhaseSchedule  # noqa: E402
 from frostline.plan import (  # noqa: E402
     Freeze,
     Inference,
     LayerDecision,
+    LearningRate,
     Plan,
     Resolution,
     Rule,
@@ -29,6 +31,7 @@ from frostline.tree import LayerNode, LayerTree  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "FineTune",
     "Fingerprint",
     "Freeze",
     "FreezeAudit",
@@ -39,6 +42,9 @@ __all__ = [
     "LayerNode",
     "LayerRow",
     "LayerTree",
+    "LearningRate",
+    "Phase",
+    "PhaseSchedule",
     "Plan",
     "PlanError",
     "Report",

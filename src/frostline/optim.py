@@ -114,6 +114,17 @@ def migrate_optimizer(
     """
     if not optimizer.built or optimizer_variables_match(optimizer, variables):
         return
+    # A phase schedule stands in for the rate variable, which stays tracked: put the
+    # variable back while the twin is made, so that both have the same structure.
+    schedule = optimizer.__dict__.get("_learning_rate")
+    variable = optimizer.__dict__.get("_frostline_lr_variable")
+    if variable is not None and schedule is not variable:
+        optimizer.__dict__["_learning_rate"] = variable
+        try:
+            migrate_optimizer(optimizer, variables, stash=stash)
+        finally:
+            optimizer.__dict__["_learning_rate"] = schedule
+        return
     twin = _twin(optimizer)
     pairs = list(zip(_optimizers_within(optimizer), _optimizers_within(twin)))
     before = {id(t): (dict(t.__dict__), list(t._variables)) for _, t in pairs}

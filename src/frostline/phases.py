@@ -1,0 +1,318 @@
+"""Phase and FineTune: transfer learning as a sequence of phases, one optimizer throughout."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+
+from frostline.apply import apply
+from frostline.plan import Plan
+from frostline.report import Report
+
+__all__ = ["FineTune", "Phase", "PhaseSchedule"]
+
+_LR_VARIABLE = "_frostline_lr_variable"
+
+
+@keras.saving.register_keras_serializable(package="frostline")
+class PhaseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A phase's learning-rate schedule, counted from the phase's first step.
+
+    The optimizer's `iterations` keeps counting across phases; the schedule sees
+    `iterations - offset`.
+
+    Args:
+        schedule: A Keras `LearningRateSchedule`.
+        offset: The optimizer's `iterations` when the phase began.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, offset: int):
+        self.schedule = schedule
+        self.offset = int(offset)
+
+    def __call__(self, step):
+        return self.schedule(keras.ops.maximum(keras.ops.subtract(step, self.offset), 0))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "offset": self.offset}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PhaseSchedule:
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["offset"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of fine-tuning.
+
+    Args:
+        name: A name for logs, history and plots.
+        epochs: The phase's epochs (its most, with `early_stopping`).
+        plan: Applied on top of the previous phases' plans when the phase begins.
+            Defaults to an empty plan (the frozen set stays as it is).
+        learning_rate: A float or a Keras `LearningRateSchedule` (counted from the
+            phase's first step). Defaults to None: the optimizer's rate as it is.
+        callbacks: Keras callbacks for this phase only. Defaults to none.
+        early_stopping: Ends the phase early: the arguments of
+            `keras.callbacks.EarlyStopping` (`monitor`, `patience`, `min_delta`,
+            `mode`, `restore_best_weights`). Defaults to None: all `epochs` run.
+
+    Example:
+
+    >>> Phase("head", epochs=5, plan=Plan().freeze("base"), learning_rate=1e-3)
+    Phase('head', epochs=5, plan=Plan(freeze base), learning_rate=0.001)
+    """
+
+    name: str
+    epochs: int
+    plan: Plan = dataclasses.field(default_factory=Plan)
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
+    callbacks: tuple = ()
+    early_stopping: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Expected a phase name (a non-empty string). Received: name={self.name!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(
+                f"Phase {self.name!r}: expected epochs to be a positive integer. Received: epochs={self.epochs!r}"
+            )
+        if not isinstance(self.plan, Plan):
+            raise TypeError(f"Phase {self.name!r}: expected plan to be a frostline Plan. Received: {self.plan!r}")
+        lr = self.learning_rate
+        if lr is not None and not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(
+                    f"Phase {self.name!r}: expected learning_rate to be a positive number or a "
+                    f"keras.optimizers.schedules.LearningRateSchedule. Received: {lr!r}"
+                )
+            object.__setattr__(self, "learning_rate", float(lr))
+        object.__setattr__(self, "callbacks", tuple(self.callbacks))
+        if self.early_stopping is not None:
+            keras.callbacks.EarlyStopping(**self.early_stopping)  # fails early on bad arguments
+            object.__setattr__(self, "early_stopping", dict(self.early_stopping))
+
+    def __repr__(self) -> str:
+        parts = [repr(self.name), f"epochs={self.epochs}", f"plan={self.plan}"]
+        if self.learning_rate is not None:
+            parts.append(f"learning_rate={self.learning_rate!r}")
+        if self.early_stopping:
+            parts.append(f"early_stopping={self.early_stopping!r}")
+        if self.callbacks:
+            parts.append(f"callbacks={list(self.callbacks)!r}")
+        return f"Phase({', '.join(parts)})"
+
+
+class _PhaseStop(keras.callbacks.EarlyStopping):
+    """EarlyStopping that ends one phase, not the run."""
+
+    triggered = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.model.stop_training:
+            self.triggered = True
+
+
+class _Forward(keras.callbacks.Callback):
+    """Gives the user's callbacks one training run across all phases: epoch and batch
+    events are passed on; train begin and end are sent once, by the runner."""
+
+    def __init__(self, callbacks: keras.callbacks.CallbackList):
+        super().__init__()
+        self.callbacks = callbacks
+
+    def _forward(name):  # noqa: N805 - a method factory
+        def method(self, *args, **kwargs):
+            getattr(self.callbacks, name)(*args, **kwargs)
+
+        return method
+
+    on_epoch_begin = _forward("on_epoch_begin")
+    on_epoch_end = _forward("on_epoch_end")
+    on_train_batch_begin = _forward("on_train_batch_begin")
+    on_train_batch_end = _forward("on_train_batch_end")
+    on_test_begin = _forward("on_test_begin")
+    on_test_end = _forward("on_test_end")
+    on_test_batch_begin = _forward("on_test_batch_begin")
+    on_test_batch_end = _forward("on_test_batch_end")
+    del _forward
+
+
+class FineTune:
+    """Runs phases in order with Keras's own `fit`, one optimizer throughout.
+
+    Each phase applies its plan on top of the previous ones (no recompiling: the
+    optimizer keeps its state), sets its learning rate, and fits for its epochs.
+    Epochs are numbered across phases; the returned History has every epoch of every
+    phase and, in `history.phases`, where each phase began.
+
+    Args:
+        model: A Keras model.
+        phases: The `Phase`s, in order.
+        optimizer: A Keras optimizer or its name. Defaults to `"adam"`.
+        loss: As in `model.compile`.
+        metrics: As in `model.compile`. Defaults to None.
+        compile_kwargs: Other arguments of `model.compile`. Defaults to None.
+
+    Example:
+
+    >>> import keras, numpy as np, frostline as fl
+    >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)], name="base")
+    >>> model = keras.Sequential([base, keras.layers.Dense(1, name="head")])
+    >>> run = fl.FineTune(model, [
+    ...     fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), learning_rate=1e-2),
+    ...     fl.Phase("all", epochs=1, plan=fl.Plan().unfreeze("base"), learning_rate=1e-3),
+    ... ], loss="mse")
+    >>> history = run.fit(np.ones((8, 4)), np.ones((8, 1)), verbose=0)
+    >>> history.epoch, [(p["name"], p["start_epoch"]) for p in history.phases]
+    ([0, 1, 2], [('head', 0), ('all', 2)])
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        phases: Sequence[Phase],
+        *,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        loss: Any = None,
+        metrics: Any = None,
+        compile_kwargs: Mapping[str, Any] | None = None,
+    ):
+        phases = list(phases)
+        if not phases:
+            raise ValueError("Expected at least one Phase. Received an empty list.")
+        for phase in phases:
+            if not isinstance(phase, Phase):
+                raise TypeError(f"Expected frostline Phase objects. Received: {phase!r}")
+        names = [p.name for p in phases]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"Expected distinct phase names. Received {duplicated} more than once.")
+        self.model = model
+        self.phases = phases
+        self.optimizer = keras.optimizers.get(optimizer)
+        self.loss = loss
+        self.metrics = metrics
+        self.compile_kwargs = dict(compile_kwargs or {})
+        self.reports: dict[str, Report] = {}
+
+    def _compile(self) -> None:
+        if getattr(self.model, "optimizer", None) is self.optimizer and self.model.compiled:
+            return
+        self.model.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs)
+
+    def _set_learning_rate(self, phase: Phase) -> None:
+        opt = self.optimizer
+        lr = phase.learning_rate
+        if lr is None:
+            return
+        variable = opt.__dict__.get(_LR_VARIABLE)
+        if variable is None and isinstance(opt._learning_rate, keras.Variable):
+            variable = opt.__dict__[_LR_VARIABLE] = opt._learning_rate
+        if isinstance(lr, float):
+            if variable is None:
+                raise TypeError(
+                    f"Phase {phase.name!r} sets learning_rate={lr}, but the optimizer was made "
+                    "with a schedule. Give the optimizer a float learning rate and each phase "
+                    "its schedule."
+                )
+            opt.__dict__["_learning_rate"] = variable
+            variable.assign(lr)
+        else:
+            # Set in place of the rate variable, which stays among the optimizer's
+            # variables so that its structure (and saved state) does not change.
+            iterations = int(keras.ops.convert_to_numpy(opt._iterations))
+            opt.__dict__["_learning_rate"] = PhaseSchedule(lr, iterations)
+        self.model.train_function = None  # traced again with the new rate
+
+    def _phase_line(self, index: int, phase: Phase, report: Report) -> str:
+        frozen = [r.path for r in report.rows if r.depth == 1 and r.state == "frozen"]
+        partial = [r.path for r in report.rows if r.depth == 1 and r.state == "partial"]
+        lr = phase.learning_rate
+        lr_text = "as before" if lr is None else (f"{lr:g}" if isinstance(lr, float) else type(lr).__name__)
+        described = ", ".join(frozen) if frozen else "nothing"
+        if partial:
+            described += f"; partly frozen: {', '.join(partial)}"
+        return (
+            f"phase {index + 1}/{len(self.phases)} '{phase.name}': {report.totals_line} · "
+            f"frozen: {described} · learning rate {lr_text} · up to {phase.epochs} epochs"
+        )
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        batch_size: int | None = None,
+        callbacks: Sequence[keras.callbacks.Callback] | None = None,
+        verbose: str | int = "auto",
+        **fit_kwargs: Any,
+    ) -> keras.callbacks.History:
+        """Runs every phase; returns one History over all of them.
+
+        Args:
+            x, y, validation_data, batch_size, verbose: As in `model.fit` (numpy
+                arrays, `tf.data.Dataset`, `keras.utils.PyDataset`; a generator must
+                yield forever, with `steps_per_epoch`).
+            callbacks: Keras callbacks for the whole run: they see one training run
+                whose epochs are numbered across phases. An EarlyStopping here ends
+                the run; `Phase.early_stopping` ends a phase.
+            **fit_kwargs: Other arguments of `model.fit` (`steps_per_epoch`,
+                `class_weight`, `shuffle`, ...). `epochs` and `initial_epoch` are set
+                by the phases.
+
+        Returns:
+            A `keras.callbacks.History`; `history.phases` lists each phase's `name`,
+            `start_epoch` and `epochs` run.
+        """
+        for key in ("epochs", "initial_epoch"):
+            if key in fit_kwargs:
+                raise TypeError(f"FineTune.fit sets {key!r} from the phases; do not pass it. Received: {key}={fit_kwargs[key]!r}")
+        self._compile()
+        user = keras.callbacks.CallbackList(list(callbacks or []), model=self.model)
+        history = keras.callbacks.History()
+        history.set_model(self.model)
+        history.history = {}
+        history.epoch = []
+        history.phases = []
+        epoch = 0
+        user.on_train_begin()
+        logs: dict = {}
+        for index, phase in enumerate(self.phases):
+            report = apply(self.model, phase.plan)
+            self.reports[phase.name] = report
+            self._set_learning_rate(phase)
+            if verbose != 0:
+                print(self._phase_line(index, phase, report), flush=True)
+            stopper = _PhaseStop(**phase.early_stopping) if phase.early_stopping else None
+            phase_callbacks = [*phase.callbacks, _Forward(user)] + ([stopper] if stopper else [])
+            result = self.model.fit(
+                x, y,
+                validation_data=validation_data,
+                batch_size=batch_size,
+                epochs=epoch + phase.epochs,
+                initial_epoch=epoch,
+                callbacks=phase_callbacks,
+                verbose=verbose,
+                **fit_kwargs,
+            )
+            run = len(result.epoch)
+            history.phases.append({"name": phase.name, "start_epoch": epoch, "epochs": run})
+            for key, values in result.history.items():
+                history.history.setdefault(key, [math.nan] * len(history.epoch)).extend(values)
+            history.epoch.extend(result.epoch)
+            for key in history.history:
+                history.history[key].extend([math.nan] * (len(history.epoch) - len(history.history[key])))
+            if result.history:
+                logs = {k: v[-1] for k, v in result.history.items()}
+            epoch += run
+            if self.model.stop_training and not (stopper and stopper.triggered):
+                break  # a callback of the user's ended the run
+        user.on_train_end(logs)
+        return history
