@@ -296,3 +296,19 @@ def test_learning_rate_multiplier_scales_each_update_exactly(name):
         return after["head/kernel"] - before["head/kernel"]
 
     np.testing.assert_allclose(head_delta(0.25), 0.25 * head_delta(1.0), rtol=1e-4, atol=1e-7)
+
+
+def test_fine_tune_runner_two_phases():
+    model = nested()
+    run = fl.FineTune(model, [
+        fl.Phase("head", epochs=1, plan=fl.Plan().freeze("base"), learning_rate=1e-2),
+        fl.Phase("top", epochs=1, plan=fl.Plan().unfreeze("block5").lr("block5", 0.5), learning_rate=1e-3),
+    ], loss="mse")
+    start = values(model)
+    x, y = data(model)
+    history = run.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+    assert history.epoch == [0, 1]
+    moved = changed(start, values(model))
+    assert moved == {"head/kernel", "head/bias", "base/block5/conv1/kernel", "base/block5/conv1/bias",
+                     "base/block5/conv2/kernel", "base/block5/conv2/bias"}
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * STEPS

@@ -8,6 +8,7 @@ from frostline.apply import apply, scoped, sync  # noqa: E402
 from frostline.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
 from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
 from frostline.guard import FreezeGuard  # noqa: E402
+from frostline import schedules  # noqa: E402
 from frostline.phases import FineTune, Phase, PhaseSchedule  # noqa: E402
 from frostline.plan import (  # noqa: E402
     Freeze,
@@ -64,6 +65,7 @@ __all__ = [
     "register_rule",
     "report",
     "resolve",
+    "schedules",
     "scoped",
     "sync",
 ]
