@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from frostline.apply import apply
+from frostline.checkpoint import CheckpointError, config_differences, load_into, read_latest, write_checkpoint
 from frostline.plan import Plan
 from frostline.report import Report
 
 __all__ = ["FineTune", "Phase", "PhaseSchedule"]
 
 _LR_VARIABLE = "_frostline_lr_variable"
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 @keras.saving.register_keras_serializable(package="frostline")
@@ -143,6 +151,53 @@ class _Forward(keras.callbacks.Callback):
     del _forward
 
 
+class _Reseed(keras.callbacks.Callback):
+    """Seeds every random generator from (seed, epoch) as each epoch begins, so that an
+    epoch's shuffling and dropout do not depend on how the run got there (a resumed
+    run draws what the uninterrupted one drew)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        derived = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0] % (2**31 - 1))
+        keras.utils.set_random_seed(derived)
+
+
+class _Record(keras.callbacks.Callback):
+    """Keeps every epoch's logs and, with a checkpoint directory, writes a checkpoint."""
+
+    def __init__(self, runner: FineTune, phase_index: int, phase_start: int, phase_iterations: int, stopper):
+        super().__init__()
+        self.runner = runner
+        self.phase_index = phase_index
+        self.phase_start = phase_start
+        self.phase_iterations = phase_iterations
+        self.stopper = stopper
+
+    def on_epoch_end(self, epoch, logs=None):
+        runner = self.runner
+        runner._records.append([epoch, {k: float(v) for k, v in (logs or {}).items()}])
+        if runner.checkpoint_dir is None:
+            return
+        state = {
+            "epoch_done": epoch + 1,
+            "phase": self.phase_index,
+            "phase_start_epoch": self.phase_start,
+            "phase_start_iterations": self.phase_iterations,
+            "phase_finished": bool(self.stopper and self.stopper.triggered)
+            or epoch + 1 >= self.phase_start + runner.phases[self.phase_index].epochs,
+            "history": runner._records,
+            "phases_run": runner._phases_run + [
+                {"name": runner.phases[self.phase_index].name, "start_epoch": self.phase_start,
+                 "epochs": epoch + 1 - self.phase_start}
+            ],
+            "config": runner._run_config,
+        }
+        write_checkpoint(runner.checkpoint_dir, f"epoch-{epoch + 1:05d}", self.model, runner.optimizer, state)
+
+
 class FineTune:
     """Runs phases in order with Keras's own `fit`, one optimizer throughout.
 
@@ -157,6 +212,12 @@ class FineTune:
         optimizer: A Keras optimizer or its name. Defaults to `"adam"`.
         loss: As in `model.compile`.
         metrics: As in `model.compile`. Defaults to None.
+        checkpoint_dir: Where to write a checkpoint after every epoch (model and
+            optimizer variables, the run's position, plans, history and RNG seed),
+            atomically; `fit(..., resume=True)` continues from the last one. Defaults
+            to None: no checkpoints.
+        seed: Seeds Python, NumPy and the backend from (seed, epoch) at every epoch,
+            which makes runs, and resumed runs, repeatable. Defaults to None.
         compile_kwargs: Other arguments of `model.compile`. Defaults to None.
 
     Example:
@@ -181,6 +242,8 @@ class FineTune:
         optimizer: str | keras.optimizers.Optimizer = "adam",
         loss: Any = None,
         metrics: Any = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
         compile_kwargs: Mapping[str, Any] | None = None,
     ):
         phases = list(phases)
@@ -199,14 +262,40 @@ class FineTune:
         self.loss = loss
         self.metrics = metrics
         self.compile_kwargs = dict(compile_kwargs or {})
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.seed = seed
         self.reports: dict[str, Report] = {}
+        optimizer_config = dict(self.optimizer.get_config())
+        optimizer_config.pop("name", None)  # Keras numbers names per session: adam, adam_1
+        self._optimizer_config = _json_safe({"class": type(self.optimizer).__name__, "config": optimizer_config})
+        self._records: list = []
+        self._phases_run: list = []
+        self._run_config: dict = {}
+
+    def config(self, **fit_settings: Any) -> dict[str, Any]:
+        """What a checkpoint must agree with to be resumed: phases, optimizer, loss,
+        seed and the given fit settings, as plain data."""
+        phases = []
+        for p in self.phases:
+            lr = p.learning_rate
+            if lr is not None and not isinstance(lr, float):
+                lr = keras.saving.serialize_keras_object(lr)
+            phases.append({
+                "name": p.name, "epochs": p.epochs, "plan": p.plan.to_dict(),
+                "learning_rate": lr, "early_stopping": p.early_stopping,
+            })
+        loss = self.loss if isinstance(self.loss, (str, type(None))) else type(self.loss).__name__
+        return _json_safe({
+            "phases": phases, "optimizer": self._optimizer_config, "loss": loss,
+            "seed": self.seed, **fit_settings,
+        })
 
     def _compile(self) -> None:
         if getattr(self.model, "optimizer", None) is self.optimizer and self.model.compiled:
             return
         self.model.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs)
 
-    def _set_learning_rate(self, phase: Phase) -> None:
+    def _set_learning_rate(self, phase: Phase, offset: int | None = None) -> None:
         opt = self.optimizer
         lr = phase.learning_rate
         if lr is None:
@@ -226,8 +315,9 @@ class FineTune:
         else:
             # Set in place of the rate variable, which stays among the optimizer's
             # variables so that its structure (and saved state) does not change.
-            iterations = int(keras.ops.convert_to_numpy(opt._iterations))
-            opt.__dict__["_learning_rate"] = PhaseSchedule(lr, iterations)
+            if offset is None:
+                offset = int(keras.ops.convert_to_numpy(opt._iterations))
+            opt.__dict__["_learning_rate"] = PhaseSchedule(lr, offset)
         self.model.train_function = None  # traced again with the new rate
 
     def _phase_line(self, index: int, phase: Phase, report: Report) -> str:
@@ -252,6 +342,7 @@ class FineTune:
         batch_size: int | None = None,
         callbacks: Sequence[keras.callbacks.Callback] | None = None,
         verbose: str | int = "auto",
+        resume: bool = False,
         **fit_kwargs: Any,
     ) -> keras.callbacks.History:
         """Runs every phase; returns one History over all of them.
@@ -263,9 +354,17 @@ class FineTune:
             callbacks: Keras callbacks for the whole run: they see one training run
                 whose epochs are numbered across phases. An EarlyStopping here ends
                 the run; `Phase.early_stopping` ends a phase.
+            resume: Continue from the last checkpoint in `checkpoint_dir`: the model,
+                optimizer, position, history and plans are restored and the remaining
+                epochs run. Defaults to False.
             **fit_kwargs: Other arguments of `model.fit` (`steps_per_epoch`,
                 `class_weight`, `shuffle`, ...). `epochs` and `initial_epoch` are set
                 by the phases.
+
+        Raises:
+            CheckpointError: with `resume=True`, when there is no checkpoint or it was
+                written by a run with a different configuration (the message lists
+                which fields differ).
 
         Returns:
             A `keras.callbacks.History`; `history.phases` lists each phase's `name`,
@@ -274,45 +373,88 @@ class FineTune:
         for key in ("epochs", "initial_epoch"):
             if key in fit_kwargs:
                 raise TypeError(f"FineTune.fit sets {key!r} from the phases; do not pass it. Received: {key}={fit_kwargs[key]!r}")
+        if resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir to resume from. Received: checkpoint_dir=None")
+        self._run_config = self.config(batch_size=batch_size, shuffle=fit_kwargs.get("shuffle", True))
         self._compile()
+        self._records, self._phases_run = [], []
+        start_phase, epoch, offset, resumed_start = 0, 0, None, None
+        if resume:
+            start_phase, epoch, offset, resumed_start = self._restore(verbose)
         user = keras.callbacks.CallbackList(list(callbacks or []), model=self.model)
-        history = keras.callbacks.History()
-        history.set_model(self.model)
-        history.history = {}
-        history.epoch = []
-        history.phases = []
-        epoch = 0
         user.on_train_begin()
         logs: dict = {}
-        for index, phase in enumerate(self.phases):
+        for index in range(start_phase, len(self.phases)):
+            phase = self.phases[index]
+            # A resumed phase began before the checkpoint; a new one begins now.
+            phase_start = resumed_start if index == start_phase and resumed_start is not None else epoch
             report = apply(self.model, phase.plan)
             self.reports[phase.name] = report
-            self._set_learning_rate(phase)
+            self._set_learning_rate(phase, offset)
+            phase_iterations = offset if offset is not None else int(keras.ops.convert_to_numpy(self.optimizer._iterations))
+            offset = None
             if verbose != 0:
                 print(self._phase_line(index, phase, report), flush=True)
             stopper = _PhaseStop(**phase.early_stopping) if phase.early_stopping else None
-            phase_callbacks = [*phase.callbacks, _Forward(user)] + ([stopper] if stopper else [])
+            phase_callbacks = (
+                ([_Reseed(self.seed)] if self.seed is not None else [])
+                + [*phase.callbacks, _Forward(user)]
+                + ([stopper] if stopper else [])
+                + [_Record(self, index, phase_start, phase_iterations, stopper)]
+            )
             result = self.model.fit(
                 x, y,
                 validation_data=validation_data,
                 batch_size=batch_size,
-                epochs=epoch + phase.epochs,
+                epochs=phase_start + phase.epochs,
                 initial_epoch=epoch,
                 callbacks=phase_callbacks,
                 verbose=verbose,
                 **fit_kwargs,
             )
-            run = len(result.epoch)
-            history.phases.append({"name": phase.name, "start_epoch": epoch, "epochs": run})
-            for key, values in result.history.items():
-                history.history.setdefault(key, [math.nan] * len(history.epoch)).extend(values)
-            history.epoch.extend(result.epoch)
-            for key in history.history:
-                history.history[key].extend([math.nan] * (len(history.epoch) - len(history.history[key])))
+            epoch += len(result.epoch)
+            self._phases_run.append({"name": phase.name, "start_epoch": phase_start, "epochs": epoch - phase_start})
             if result.history:
                 logs = {k: v[-1] for k, v in result.history.items()}
-            epoch += run
             if self.model.stop_training and not (stopper and stopper.triggered):
                 break  # a callback of the user's ended the run
         user.on_train_end(logs)
+        return self._history()
+
+    def _history(self) -> keras.callbacks.History:
+        history = keras.callbacks.History()
+        history.set_model(self.model)
+        history.epoch = [int(e) for e, _ in self._records]
+        keys: list[str] = []
+        for _, logs in self._records:
+            keys.extend(k for k in logs if k not in keys)
+        history.history = {k: [logs.get(k, math.nan) for _, logs in self._records] for k in keys}
+        history.phases = [dict(p) for p in self._phases_run]
         return history
+
+    def _restore(self, verbose) -> tuple[int, int, int | None, int | None]:
+        """Loads the last checkpoint. Returns the phase to run, the next epoch, and for a
+        phase cut short its schedule offset and first epoch."""
+        path, state = read_latest(self.checkpoint_dir)
+        differences = config_differences(state.get("config", {}), self._run_config)
+        if differences:
+            raise CheckpointError(
+                f"The checkpoint in {self.checkpoint_dir!r} was written by a run with a "
+                "different configuration; resuming would not continue that run. Differing "
+                "fields (checkpoint -> now): " + "; ".join(differences)
+            )
+        phase = int(state["phase"])
+        for earlier in self.phases[: phase + 1]:
+            apply(self.model, earlier.plan)
+        if not self.optimizer.built:
+            self.optimizer.build(self.model.trainable_variables)
+        load_into(path, self.model, self.optimizer)
+        self._records = [list(r) for r in state["history"]]
+        self._phases_run = [dict(p) for p in state["phases_run"]]
+        epoch = int(state["epoch_done"])
+        if verbose != 0:
+            print(f"resuming from {path} after epoch {epoch}", flush=True)
+        if state["phase_finished"]:
+            return phase + 1, epoch, None, None
+        self._phases_run.pop()  # the phase goes on
+        return phase, epoch, int(state["phase_start_iterations"]), int(state["phase_start_epoch"])
