@@ -1,4 +1,4 @@
-"""The `frostline` command line: inspect."""
+"""The `frostline` command line: inspect, train."""
 
 from __future__ import annotations
 
@@ -72,6 +72,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from frostline.checkpoint import CheckpointError
+    from frostline.config import ConfigError, load_config
+    from frostline.train import run_training
+
+    try:
+        config = load_config(args.config)
+        files = run_training(config, resume=args.resume, verbose=0 if args.quiet else "auto")
+    except (ConfigError, CheckpointError) as e:
+        raise CommandError(f"{args.config}: {e}") from None
+    print(f"wrote {config.output}: " + ", ".join(os.path.basename(p) for p in files.values()))
+    return 0
+
+
 def _depth(text: str) -> int:
     try:
         value = int(text)
@@ -107,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a selector that matches nothing is a warning, not an error",
     )
     inspect.set_defaults(handler=_inspect)
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune in phases as a YAML config says",
+        description="Validate CONFIG (nothing runs or is written if anything is wrong), "
+        "then run its phases and write the output folder: model.keras, config.yaml, "
+        "history.csv, report.md, history.png, frostline.png and checkpoints/.",
+    )
+    train.add_argument("config", metavar="CONFIG.yaml")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=_train)
     return parser
 
 

@@ -1,0 +1,191 @@
+"""The `frostline train` configuration: a YAML file, validated before anything runs.
+
+```yaml
+base:
+  application: MobileNetV2        # or: keras: path/to/base.keras
+  weights: imagenet               # imagenet | none | path to a weights file
+  input_shape: [96, 96, 3]
+head:
+  classes: 5
+  pooling: avg                    # avg | max | flatten
+  dropout: 0.2
+  units: []                       # hidden Dense layers
+data:
+  npz: data.npz                   # x_train, y_train[, x_val, y_val]; or images: folder/
+  batch_size: 32
+phases:
+  - name: head
+    epochs: 5
+    learning_rate: 0.001
+    plan: {rules: [{freeze: base}]}
+optimizer: adam
+loss: sparse_categorical_crossentropy
+metrics: [accuracy]
+output: runs/exp1
+seed: 0
+```
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from frostline.errors import PlanError
+from frostline.plan import Plan
+
+__all__ = ["ConfigError", "TrainConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A `frostline train` configuration that cannot run. The message starts with the
+    YAML path of the culprit, e.g. `phases[1].epochs: ...`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseSpec(_Strict):
+    """The pretrained base: a `.keras` file or a `keras.applications` model."""
+
+    keras: str | None = None
+    application: str | None = None
+    weights: str = "imagenet"
+    input_shape: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseSpec:
+        if (self.keras is None) == (self.application is None):
+            raise ValueError("expected exactly one of 'keras' (a .keras file) or 'application' (a keras.applications name)")
+        if self.application is not None and self.input_shape is None:
+            raise ValueError("'input_shape' is required with 'application', e.g. [96, 96, 3]")
+        return self
+
+
+class HeadSpec(_Strict):
+    """The new classification head."""
+
+    classes: int = Field(gt=0)
+    pooling: Literal["avg", "max", "flatten", "none"] = "avg"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    units: tuple[int, ...] = ()
+    activation: str = "relu"
+    output_activation: str = "softmax"
+
+
+class DataSpec(_Strict):
+    """Training data: arrays in a `.npz` file, or an image folder (one folder a class)."""
+
+    npz: str | None = None
+    images: str | None = None
+    image_size: tuple[int, int] | None = None
+    validation_split: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=32, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.npz is None) == (self.images is None):
+            raise ValueError("expected exactly one of 'npz' or 'images'")
+        return self
+
+
+class PhaseSpec(_Strict):
+    """One phase; `plan` is the same YAML as `Plan.to_yaml`."""
+
+    name: str = Field(min_length=1)
+    epochs: int = Field(gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+    plan: dict[str, Any] | list[Any] = Field(default_factory=dict)
+    early_stopping: dict[str, Any] | None = None
+
+    @field_validator("plan")
+    @classmethod
+    def _valid_plan(cls, value: Any) -> Any:
+        try:
+            Plan.from_dict(value or {"rules": []})
+        except PlanError as e:
+            raise ValueError(str(e)) from None
+        return value
+
+    def to_plan(self) -> Plan:
+        return Plan.from_dict(self.plan or {"rules": []})
+
+
+class TrainConfig(_Strict):
+    """The whole `frostline train` configuration."""
+
+    base: BaseSpec
+    head: HeadSpec
+    data: DataSpec
+    phases: tuple[PhaseSpec, ...] = Field(min_length=1)
+    optimizer: str | dict[str, Any] = "adam"
+    loss: str = "sparse_categorical_crossentropy"
+    metrics: tuple[str, ...] = ("accuracy",)
+    output: str
+    seed: int | None = 0
+
+
+def _location(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(error: dict) -> str:
+    kind, received = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing key"
+    text = error["msg"].removeprefix("Value error, ")
+    return f"{text}; received {received!r}" if kind != "value_error" else text
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Reads and validates a configuration file; relative paths in it are taken from
+    the file's folder.
+
+    Raises:
+        ConfigError: naming the YAML path of the culprit, for a missing file, malformed
+            YAML, an unknown key, a wrong type or value, or a missing data path.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path!r}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of settings at the top level; received {type(raw).__name__}")
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"{_location(first['loc'])}: {_message(first)}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    resolve = lambda p: p if p is None or os.path.isabs(p) else os.path.join(folder, p)  # noqa: E731
+    data = config.data.model_copy(update={"npz": resolve(config.data.npz), "images": resolve(config.data.images)})
+    base = config.base.model_copy(update={"keras": resolve(config.base.keras)})
+    if base.weights not in ("imagenet", "none"):
+        base = base.model_copy(update={"weights": resolve(base.weights)})
+    config = config.model_copy(update={"data": data, "base": base, "output": resolve(config.output)})
+    for field, value in (("data.npz", data.npz), ("base.keras", base.keras)):
+        if value is not None and not os.path.isfile(value):
+            raise ConfigError(f"{field}: file not found: {value!r}")
+    if data.images is not None and not os.path.isdir(data.images):
+        raise ConfigError(f"data.images: folder not found: {data.images!r}")
+    if base.weights not in ("imagenet", "none") and not os.path.isfile(base.weights):
+        raise ConfigError(f"base.weights: file not found: {base.weights!r} (expected imagenet, none or a weights file)")
+    return config

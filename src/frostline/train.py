@@ -1,0 +1,194 @@
+"""The `frostline train` job: a configuration in, a trained model and its report out."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import difflib
+import importlib.util
+import inspect
+import math
+import os
+import re
+from typing import Any
+
+import keras
+import numpy as np
+import yaml
+
+from frostline.apply import scoped
+from frostline.config import ConfigError, TrainConfig
+from frostline.errors import PlanError
+from frostline.phases import FineTune, Phase
+from frostline.plots import plot_frost_lines, plot_history
+from frostline.report import report
+
+__all__ = ["build_model", "load_data", "run_training", "validate_plans"]
+
+
+def _build_base(config: TrainConfig) -> keras.Model:
+    spec = config.base
+    if spec.keras is not None:
+        try:
+            loaded = keras.saving.load_model(spec.keras, compile=False)
+        except Exception as e:  # any failure to load: one clear line
+            raise ConfigError(f"base.keras: {spec.keras!r} is not a readable Keras model: {e}") from None
+        # Named "base" so that plans can say base/...; the layers are the loaded ones.
+        inputs, outputs = loaded.inputs, loaded.outputs
+        return keras.Model(
+            inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs, name="base"
+        )
+    names = [n for n in dir(keras.applications) if n[0].isupper()]
+    if spec.application not in names:
+        close = difflib.get_close_matches(spec.application, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"base.application: unknown keras.applications model {spec.application!r}.{hint}")
+    factory = getattr(keras.applications, spec.application)
+    kwargs: dict[str, Any] = {
+        "include_top": False,
+        "weights": None if spec.weights == "none" else spec.weights,
+        "input_shape": tuple(spec.input_shape),
+    }
+    if "name" in inspect.signature(factory).parameters:
+        kwargs["name"] = "base"
+    try:
+        return factory(**kwargs)
+    except Exception as e:  # e.g. imagenet weights with no network
+        raise ConfigError(f"base: building {spec.application} failed: {e}") from None
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The base under a new head, as the configuration describes it. The base is the
+    layer named `base`; the head's layers are `pool`, `dropout`, `hidden1`... and `head`."""
+    base = _build_base(config)
+    head = config.head
+    layers: list[keras.layers.Layer] = [keras.Input(tuple(base.input_shape[1:])), base]
+    pooling = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+               "flatten": keras.layers.Flatten}.get(head.pooling)
+    if pooling is not None:
+        layers.append(pooling(name="pool"))
+    for i, units in enumerate(head.units, start=1):
+        layers.append(keras.layers.Dense(units, activation=head.activation, name=f"hidden{i}"))
+    if head.dropout:
+        layers.append(keras.layers.Dropout(head.dropout, name="dropout"))
+    layers.append(keras.layers.Dense(head.classes, activation=head.output_activation, name="head"))
+    try:
+        return keras.Sequential(layers, name="model")
+    except ValueError as e:
+        raise ConfigError(
+            f"head: does not fit the base, whose output has shape {tuple(base.output.shape)}: "
+            + " ".join(str(e).split())
+        ) from None
+
+
+def load_data(config: TrainConfig) -> tuple[Any, Any, Any]:
+    """`(x, y, validation_data)` for `fit`, from a `.npz` file or an image folder."""
+    data = config.data
+    if data.npz is not None:
+        with np.load(data.npz) as arrays:
+            missing = [k for k in ("x_train", "y_train") if k not in arrays.files]
+            if missing:
+                raise ConfigError(
+                    f"data.npz: missing array {missing[0]!r}; expected x_train, y_train and optionally "
+                    f"x_val, y_val. Found: {arrays.files}"
+                )
+            x, y = arrays["x_train"], arrays["y_train"]
+            validation = (arrays["x_val"], arrays["y_val"]) if "x_val" in arrays.files and "y_val" in arrays.files else None
+        if validation is None and data.validation_split:
+            cut = int(round(len(x) * (1 - data.validation_split)))
+            x, y, validation = x[:cut], y[:cut], (x[cut:], y[cut:])
+        return x, y, validation
+    fmt = "tf" if importlib.util.find_spec("tensorflow") else "grain" if importlib.util.find_spec("grain") else None
+    if fmt is None:
+        raise ConfigError("data.images: reading an image folder needs TensorFlow or grain: pip install grain")
+    size = tuple(data.image_size or tuple(config.base.input_shape or (256, 256))[:2])
+    kwargs = dict(image_size=size, batch_size=data.batch_size, seed=config.seed or 0, format=fmt, verbose=False)
+    if data.validation_split:
+        train, validation = keras.utils.image_dataset_from_directory(
+            data.images, validation_split=data.validation_split, subset="both", **kwargs
+        )
+        return train, None, validation
+    return keras.utils.image_dataset_from_directory(data.images, **kwargs), None, None
+
+
+def validate_plans(model: keras.Model, config: TrainConfig) -> list[Phase]:
+    """The phases, with every plan resolved against the model in order, in a scope that
+    leaves the model as it was. A selector that matches nothing is a ConfigError naming
+    `phases[i].plan.rules[j]`."""
+    phases = []
+    with contextlib.ExitStack() as stack:
+        for i, spec in enumerate(config.phases):
+            plan = spec.to_plan()
+            try:
+                stack.enter_context(scoped(model, plan))
+            except PlanError as e:
+                m = re.match(r"Rule (\d+) ", str(e))
+                where = f"phases[{i}].plan" + (f".rules[{int(m.group(1)) - 1}]" if m else "")
+                raise ConfigError(f"{where}: {e}") from None
+            phases.append(Phase(spec.name, spec.epochs, plan, spec.learning_rate,
+                                early_stopping=spec.early_stopping))
+    return phases
+
+
+def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    try:
+        return keras.optimizers.get(config.optimizer)
+    except Exception as e:
+        raise ConfigError(f"optimizer: {e}") from None
+
+
+def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | int = "auto") -> dict[str, str]:
+    """Builds, validates and trains; writes the output folder.
+
+    Returns:
+        Names of the files written, keyed by what they are.
+    """
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    phases = validate_plans(model, config)
+    optimizer = _optimizer(config)
+    x, y, validation = load_data(config)
+    # Everything is valid: only now is anything written.
+    out = config.output
+    os.makedirs(out, exist_ok=True)
+    run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
+                   checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed)
+    batch = config.data.batch_size if config.data.npz is not None else None
+    history = run.fit(x, y, validation_data=validation, batch_size=batch, verbose=verbose, resume=resume)
+    files = {
+        "model": os.path.join(out, "model.keras"),
+        "config": os.path.join(out, "config.yaml"),
+        "history": os.path.join(out, "history.csv"),
+        "report": os.path.join(out, "report.md"),
+        "history_plot": os.path.join(out, "history.png"),
+        "frost_plot": os.path.join(out, "frostline.png"),
+    }
+    model.save(files["model"])
+    with open(files["config"], "w") as f:
+        yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
+    _write_history_csv(history, files["history"])
+    with open(files["report"], "w") as f:
+        f.write(f"# {model.name}\n\n")
+        for phase in history.phases:
+            f.write(f"- phase **{phase['name']}**: epochs {phase['start_epoch'] + 1}-"
+                    f"{phase['start_epoch'] + phase['epochs']}, {run.reports[phase['name']].totals_line}\n")
+        f.write("\n## After training\n\n")
+        f.write(report(model).to_markdown())
+    plot_history(history, files["history_plot"])
+    plot_frost_lines(run.reports, files["frost_plot"])
+    return files
+
+
+def _write_history_csv(history, path: str) -> None:
+    phase_of = {}
+    for phase in history.phases:
+        for e in range(phase["start_epoch"], phase["start_epoch"] + phase["epochs"]):
+            phase_of[e] = phase["name"]
+    keys = list(history.history)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "phase", *keys])
+        for i, epoch in enumerate(history.epoch):
+            values = [history.history[k][i] for k in keys]
+            writer.writerow([epoch, phase_of.get(epoch, ""), *("" if isinstance(v, float) and math.isnan(v) else v for v in values)])
