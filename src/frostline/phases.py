@@ -343,6 +343,7 @@ class FineTune:
         callbacks: Sequence[keras.callbacks.Callback] | None = None,
         verbose: str | int = "auto",
         resume: bool = False,
+        phase_lines: bool | None = None,
         **fit_kwargs: Any,
     ) -> keras.callbacks.History:
         """Runs every phase; returns one History over all of them.
@@ -354,6 +355,8 @@ class FineTune:
             callbacks: Keras callbacks for the whole run: they see one training run
                 whose epochs are numbered across phases. An EarlyStopping here ends
                 the run; `Phase.early_stopping` ends a phase.
+            phase_lines: Print a line as each phase begins saying what is frozen.
+                Defaults to None: when `verbose` is not 0.
             resume: Continue from the last checkpoint in `checkpoint_dir`: the model,
                 optimizer, position, history and plans are restored and the remaining
                 epochs run. Defaults to False.
@@ -375,12 +378,14 @@ class FineTune:
                 raise TypeError(f"FineTune.fit sets {key!r} from the phases; do not pass it. Received: {key}={fit_kwargs[key]!r}")
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir to resume from. Received: checkpoint_dir=None")
+        if phase_lines is None:
+            phase_lines = verbose != 0
         self._run_config = self.config(batch_size=batch_size, shuffle=fit_kwargs.get("shuffle", True))
         self._compile()
         self._records, self._phases_run = [], []
         start_phase, epoch, offset, resumed_start = 0, 0, None, None
         if resume:
-            start_phase, epoch, offset, resumed_start = self._restore(verbose)
+            start_phase, epoch, offset, resumed_start = self._restore(phase_lines)
         user = keras.callbacks.CallbackList(list(callbacks or []), model=self.model)
         user.on_train_begin()
         logs: dict = {}
@@ -393,7 +398,7 @@ class FineTune:
             self._set_learning_rate(phase, offset)
             phase_iterations = offset if offset is not None else int(keras.ops.convert_to_numpy(self.optimizer._iterations))
             offset = None
-            if verbose != 0:
+            if phase_lines:
                 print(self._phase_line(index, phase, report), flush=True)
             stopper = _PhaseStop(**phase.early_stopping) if phase.early_stopping else None
             phase_callbacks = (
@@ -432,7 +437,7 @@ class FineTune:
         history.phases = [dict(p) for p in self._phases_run]
         return history
 
-    def _restore(self, verbose) -> tuple[int, int, int | None, int | None]:
+    def _restore(self, announce: bool) -> tuple[int, int, int | None, int | None]:
         """Loads the last checkpoint. Returns the phase to run, the next epoch, and for a
         phase cut short its schedule offset and first epoch."""
         path, state = read_latest(self.checkpoint_dir)
@@ -445,14 +450,14 @@ class FineTune:
             )
         phase = int(state["phase"])
         for earlier in self.phases[: phase + 1]:
-            apply(self.model, earlier.plan)
+            self.reports[earlier.name] = apply(self.model, earlier.plan)
         if not self.optimizer.built:
             self.optimizer.build(self.model.trainable_variables)
         load_into(path, self.model, self.optimizer)
         self._records = [list(r) for r in state["history"]]
         self._phases_run = [dict(p) for p in state["phases_run"]]
         epoch = int(state["epoch_done"])
-        if verbose != 0:
+        if announce:
             print(f"resuming from {path} after epoch {epoch}", flush=True)
         if state["phase_finished"]:
             return phase + 1, epoch, None, None

@@ -155,7 +155,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
                    checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed)
     batch = config.data.batch_size if config.data.npz is not None else None
-    history = run.fit(x, y, validation_data=validation, batch_size=batch, verbose=verbose, resume=resume)
+    history = run.fit(x, y, validation_data=validation, batch_size=batch, verbose=verbose, resume=resume,
+                      phase_lines=True)
     files = {
         "model": os.path.join(out, "model.keras"),
         "config": os.path.join(out, "config.yaml"),

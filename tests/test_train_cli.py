@@ -1,0 +1,134 @@
+"""`frostline train` end to end, in real processes, and its config errors."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    return subprocess.run([sys.executable, "-m", "frostline", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=cwd)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    model = keras.saving.load_model(ROOT / "examples" / "small_cnn.keras")
+    model.layers[0].save(tmp_path / "base.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x_train=rng.random((32, 16, 16, 1), dtype="float32"), y_train=rng.integers(0, 3, 32),
+             x_val=rng.random((8, 16, 16, 1), dtype="float32"), y_val=rng.integers(0, 3, 8))
+    return tmp_path
+
+
+def config(**changes):
+    base = {
+        "base": {"keras": "base.keras"},
+        "head": {"classes": 3, "dropout": 0.1},
+        "data": {"npz": "data.npz", "batch_size": 8},
+        "phases": [
+            {"name": "head", "epochs": 2, "learning_rate": 0.01, "plan": {"rules": [{"freeze": "base"}]}},
+            {"name": "top", "epochs": 1, "learning_rate": 0.001,
+             "plan": {"rules": [{"unfreeze": "base/block3_*"}, {"inference": "type:BatchNormalization"}]}},
+        ],
+        "output": "run",
+        "seed": 0,
+    }
+    for path, value in changes.items():
+        target = base
+        keys = path.split(".")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        if value is None:
+            del target[keys[-1]]
+        else:
+            target[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
+    return base
+
+
+def write(workdir, data, name="config.yaml"):
+    (workdir / name).write_text(yaml.safe_dump(data))
+    return workdir / name
+
+
+def test_train_writes_model_history_report_and_plots(workdir):
+    result = run_cli("train", write(workdir, config()), "--quiet", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "phase 1/2 'head'" in result.stdout and "phase 2/2 'top'" in result.stdout
+    out = workdir / "run"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints", "config.yaml", "frostline.png", "history.csv", "history.png", "model.keras", "report.md",
+    ]
+    rows = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
+    assert [(r["epoch"], r["phase"]) for r in rows] == [("0", "head"), ("1", "head"), ("2", "top")]
+    assert "val_loss" in rows[0]
+    report = (out / "report.md").read_text()
+    assert "phase **head**: epochs 1-2" in report and "**trainable" in report
+    for png in ("history.png", "frostline.png"):
+        image = matplotlib.image.imread(out / png)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+    trained = keras.saving.load_model(out / "model.keras")
+    assert trained.get_layer("head").trainable
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["data"]["npz"] == str(workdir / "data.npz")
+
+
+def test_resume_after_a_finished_run_and_a_changed_config(workdir):
+    assert run_cli("train", write(workdir, config()), "--quiet", cwd=workdir).returncode == 0
+    again = run_cli("train", write(workdir, config()), "--quiet", "--resume", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    changed = run_cli("train", write(workdir, config(**{"phases.1.epochs": 2})), "--quiet", "--resume", cwd=workdir)
+    assert changed.returncode == 2
+    assert "phases[1].epochs: 1 -> 2" in changed.stderr
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"optimiser": "adam"}, "optimiser: unknown key"),
+        ({"phases.0.epochs": "five"}, "phases[0].epochs: Input should be a valid integer"),
+        ({"phases.1.plan": {"rules": [{"unfreeze": "base/block9_*"}]}},
+         "phases[1].plan.rules[0]: Rule 1 (unfreeze base/block9_*): selector 'base/block9_*' matched no layer"),
+        ({"phases.1.plan": {"rules": [{"unfreez": "base"}]}}, "phases[1].plan: Plan rule 1: unknown rule kind 'unfreez'"),
+        ({"data.npz": None, "data.images": "no_such_folder"}, "data.images: folder not found"),
+        ({"base.keras": None, "base.application": "MobileNetv2", "base.weights": "none", "base.input_shape": [32, 32, 3]},
+         "base.application: unknown keras.applications model 'MobileNetv2'. Did you mean 'MobileNetV2'?"),
+        ({"head.classes": 0}, "head.classes: Input should be greater than 0"),
+        ({"phases": []}, "phases: Tuple should have at least 1 item"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(workdir, changes, message):
+    result = run_cli("train", write(workdir, config(**changes)), cwd=workdir)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert message in lines[0]
+    assert not (workdir / "run").exists()
+
+
+def test_image_folder_with_an_applications_base(workdir):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (workdir / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            pixels = (np.random.default_rng(i).random((32, 32, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(workdir / "images" / label / f"{i}.png")
+    data = config(**{
+        "base.keras": None, "base.application": "MobileNetV2", "base.weights": "none", "base.input_shape": [32, 32, 3],
+        "data.npz": None, "data.images": "images", "data.image_size": [32, 32], "head.classes": 2,
+        "phases.1.plan": {"rules": [{"unfreeze": "base/block_16_*"}]},
+    })
+    result = run_cli("train", write(workdir, data), "--quiet", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "run" / "model.keras").is_file()
