@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the main job: inspect the shipped example model under the
-# shipped plan.
+# Sets everything up and runs the main job: the demo (pretrain on digits 0-4, transfer to
+# 5-9 with few labels, compare with training from scratch). Output in frostline-demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/frostline inspect examples/small_cnn.keras --plan examples/plan.yaml
+KERAS_BACKEND="${KERAS_BACKEND:-jax}" .venv/bin/frostline demo --out frostline-demo "$@"

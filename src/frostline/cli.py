@@ -1,4 +1,4 @@
-"""The `frostline` command line: inspect, train."""
+"""The `frostline` command line: inspect, train, demo."""
 
 from __future__ import annotations
 
@@ -86,6 +86,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from frostline.demo import run_demo
+
+    if args.labels_per_class < 1:
+        raise CommandError(f"--labels-per-class: expected 1 or more, received {args.labels_per_class}")
+    result = run_demo(args.out, seed=args.seed, labels_per_class=args.labels_per_class, quick=args.quick)
+    print(result.summary_line())
+    return 0
+
+
 def _depth(text: str) -> int:
     try:
         value = int(text)
@@ -133,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_train)
+
+    demo = commands.add_parser(
+        "demo",
+        help="pretrain on digits 0-4, transfer to 5-9 with few labels, compare with scratch",
+        description="Runs from nothing on the CPU: no download. Writes report.md, history.png, "
+        "frostline.png and model.keras to --out. The last line printed is machine-readable.",
+    )
+    demo.add_argument("--out", default="frostline-demo", help="output folder (default: frostline-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--labels-per-class", type=int, default=10, help="labels per digit (default: 10)")
+    demo.add_argument("--quick", action="store_true", help="fewer epochs, for a smoke test")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

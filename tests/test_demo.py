@@ -1,0 +1,28 @@
+"""The demo, reduced (`--quick`), in a real process; the full size runs in benchmarks/demo.py."""
+
+import os
+import re
+import subprocess
+import sys
+
+
+def run_demo(out, seed):
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    return subprocess.run([sys.executable, "-m", "frostline", "demo", "--quick", "--out", str(out), "--seed", str(seed)],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_quick_demo_writes_report_and_plots_and_is_repeatable(tmp_path):
+    first = run_demo(tmp_path / "a", 3)
+    assert first.returncode == 0, first.stderr
+    last = first.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"accuracy: scratch=(\d\.\d{3}) frozen=(\d\.\d{3}) finetuned=(\d\.\d{3})", last)
+    assert m, last
+    assert all(0.0 <= float(v) <= 1.0 for v in m.groups())
+    assert float(m.group(3)) > 0.3  # fine-tuned beats chance (5 classes) even when quick
+    assert "phase 1/2 'head'" in first.stdout and "phase 2/2 'top block'" in first.stdout
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["frostline.png", "history.png", "model.keras", "report.md"]
+    assert "| fine-tuned (top block unfrozen) |" in (tmp_path / "a" / "report.md").read_text()
+    again = run_demo(tmp_path / "b", 3)
+    assert again.stdout.strip().splitlines()[-1] == last
