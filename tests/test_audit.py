@@ -70,3 +70,14 @@ def test_disk_reference_is_removed_at_the_end_of_training(tmp_path):
 def test_bad_reference_is_refused():
     with pytest.raises(ValueError, match="Expected reference='disk', 'memory' or None. Received: reference='ram'"):
         fl.fingerprint(nested(), reference="ram")
+
+
+def test_a_sign_flip_at_an_odd_position_is_caught():
+    model = nested()
+    fl.apply(model, fl.Plan().freeze("**"))
+    fp = fl.fingerprint(model, reference=None)
+    kernel = model.get_layer("head").kernel
+    value = keras.ops.convert_to_numpy(kernel.value).copy()
+    value.flat[1] = -value.flat[1]
+    kernel.assign(value)
+    assert list(fp.changes()) == ["head/kernel"]

@@ -127,3 +127,20 @@ def test_pydataset_input():
 
     history = fl.FineTune(nested(), [fl.Phase("a", 1), fl.Phase("b", 1, plan=fl.Plan().freeze("base"))], loss="mse").fit(Data(), verbose=0)
     assert history.epoch == [0, 1]
+
+
+def test_model_checkpoint_and_generator_input(tmp_path):
+    def batches():
+        while True:  # Keras needs a generator that does not run out, with steps_per_epoch
+            for i in range(4):
+                yield X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
+
+    model = nested()
+    saver = keras.callbacks.ModelCheckpoint(str(tmp_path / "e{epoch}.keras"))
+    history = fl.FineTune(model, [fl.Phase("a", 1, fl.Plan().freeze("base")), fl.Phase("b", 1)], loss="mse").fit(
+        batches(), steps_per_epoch=4, shuffle=False, verbose=0, callbacks=[saver]
+    )
+    assert history.epoch == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.keras", "e2.keras"]
+    first = keras.saving.load_model(tmp_path / "e1.keras")
+    assert not first.get_layer("base").get_layer("stem").trainable  # saved during phase a

@@ -62,7 +62,9 @@ def test_every_builtin_optimizer_keeps_state_across_an_unfreeze(name):
     before = {v.path: numpy(v) for v in model.weights}
     fit(model)
     moved = {v.path for v in model.weights if not np.array_equal(before[v.path], numpy(v)) and "moving" not in v.path}
-    assert moved == {v.path for v in conv2.weights} | {v.path for v in model.get_layer("head").weights}
+    expected = {v.path for v in conv2.weights} | {v.path for v in model.get_layer("head").weights}
+    # Lion moves each weight by exactly +-lr: a bias can come back to where it was.
+    assert moved <= expected and {conv2.kernel.path, model.get_layer("head").kernel.path} <= moved
     assert int(numpy(opt._iterations)) == 2 * iterations
 
 

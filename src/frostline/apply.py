@@ -264,8 +264,10 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
     try:
         _write(resolution)
         _check_trainable_set(model, resolution)
-        if FlagSnapshot(tree) != flags:  # nothing changed, nothing to retrace
+        if FlagSnapshot(tree) != flags:
             sync(model, _stash=stash)
+        else:  # nothing changed, nothing to retrace
+            untangle_optimizer_buffers(model)
         if record:
             record_plan(model, plan)
     except BaseException:

@@ -25,9 +25,9 @@ __all__ = ["FreezeAudit", "Fingerprint", "audited_variables", "fingerprint"]
 
 Reference = Literal["disk", "memory"] | None
 
-# Odd multipliers are invertible modulo 2**32: a change in one element always changes
-# the checksum.
-_MULTIPLIERS = ((np.int32(-1640531535), np.int32(97)), (np.int32(-2048144777), np.int32(-1028477379)))
+# Each element's weight is index * a + b with a even and b odd: always odd, so invertible
+# modulo 2**32, and a change in one element, a sign-bit flip included, changes the sum.
+_MULTIPLIERS = ((np.int32(1013904226), np.int32(97)), (np.int32(198677742), np.int32(-1028477379)))
 
 
 def _bits(value) -> object:

@@ -14,6 +14,7 @@ own variable objects wherever a variable keeps its place.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import keras
@@ -83,8 +84,16 @@ def _optimizers_within(optimizer: keras.optimizers.Optimizer) -> list:
 
 
 def _twin(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    if type(optimizer).__name__ == "MultiOptimizer":
+        raise TypeError(
+            "frostline cannot rebuild a MultiOptimizer for a new trainable set. Use one "
+            "optimizer with Plan.lr multipliers for per-layer rates, or recompile."
+        )
     try:
-        return type(optimizer).from_config(optimizer.get_config())
+        with warnings.catch_warnings():
+            # Keras's own get_config can warn under numpy 2; that is no reason to fail.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return type(optimizer).from_config(optimizer.get_config())
     except Exception as e:  # a custom optimizer without a faithful config
         raise TypeError(
             f"frostline cannot rebuild optimizer {type(optimizer).__name__} for the new "

@@ -7,12 +7,13 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 
-from frostline.apply import apply
+from frostline.apply import apply, sync
+from frostline.cache import ActivationCache
 from frostline.checkpoint import CheckpointError, config_differences, load_into, read_latest, write_checkpoint
 from frostline.plan import Plan
 from frostline.report import Report
@@ -68,6 +69,13 @@ class Phase:
         early_stopping: Ends the phase early: the arguments of
             `keras.callbacks.EarlyStopping` (`monitor`, `patience`, `min_delta`,
             `mode`, `restore_best_weights`). Defaults to None: all `epochs` run.
+        cache: Compute the frozen front of the model once and train the rest on its
+            outputs: `"auto"` (default) where that gives the same result, else plain
+            `fit` with the reason on the phase line; `"memory"` or `"disk"` (a
+            memory-mapped file) insist, and are an error where the cache cannot apply;
+            `False` never.
+        cache_dtype: Store cached activations in this dtype, e.g. `"float16"`.
+            Defaults to None: as computed.
 
     Example:
 
@@ -81,6 +89,8 @@ class Phase:
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
     callbacks: tuple = ()
     early_stopping: Mapping[str, Any] | None = None
+    cache: Literal["auto", "memory", "disk"] | bool = "auto"
+    cache_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -100,6 +110,12 @@ class Phase:
                 )
             object.__setattr__(self, "learning_rate", float(lr))
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
+        if self.cache not in ("auto", "memory", "disk", True, False):
+            raise ValueError(
+                f"Phase {self.name!r}: expected cache='auto', 'memory', 'disk' or False. Received: cache={self.cache!r}"
+            )
+        if self.cache is True:
+            object.__setattr__(self, "cache", "auto")
         if self.early_stopping is not None:
             keras.callbacks.EarlyStopping(**self.early_stopping)  # fails early on bad arguments
             object.__setattr__(self, "early_stopping", dict(self.early_stopping))
@@ -195,7 +211,8 @@ class _Record(keras.callbacks.Callback):
             ],
             "config": runner._run_config,
         }
-        write_checkpoint(runner.checkpoint_dir, f"epoch-{epoch + 1:05d}", self.model, runner.optimizer, state)
+        # runner.model, not self.model: a cached phase fits the remainder model.
+        write_checkpoint(runner.checkpoint_dir, f"epoch-{epoch + 1:05d}", runner.model, runner.optimizer, state)
 
 
 class FineTune:
@@ -218,6 +235,11 @@ class FineTune:
             to None: no checkpoints.
         seed: Seeds Python, NumPy and the backend from (seed, epoch) at every epoch,
             which makes runs, and resumed runs, repeatable. Defaults to None.
+        cache_memory_limit: With `Phase(cache="auto")`, activations up to this many
+            bytes stay in memory, larger ones go to a memory-mapped file. Defaults to
+            1 GiB.
+        cache_dir: Where disk caches go. Defaults to `checkpoint_dir/cache`, or a
+            temporary folder.
         compile_kwargs: Other arguments of `model.compile`. Defaults to None.
 
     Example:
@@ -244,6 +266,8 @@ class FineTune:
         metrics: Any = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
+        cache_memory_limit: int = 2**30,
+        cache_dir: str | os.PathLike[str] | None = None,
         compile_kwargs: Mapping[str, Any] | None = None,
     ):
         phases = list(phases)
@@ -271,6 +295,7 @@ class FineTune:
         self._records: list = []
         self._phases_run: list = []
         self._run_config: dict = {}
+        self._cache = ActivationCache(self, memory_limit=cache_memory_limit, directory=cache_dir)
 
     def config(self, **fit_settings: Any) -> dict[str, Any]:
         """What a checkpoint must agree with to be resumed: phases, optimizer, loss,
@@ -407,21 +432,32 @@ class FineTune:
                 + ([stopper] if stopper else [])
                 + [_Record(self, index, phase_start, phase_iterations, stopper)]
             )
-            result = self.model.fit(
-                x, y,
-                validation_data=validation_data,
-                batch_size=batch_size,
-                epochs=phase_start + phase.epochs,
-                initial_epoch=epoch,
-                callbacks=phase_callbacks,
-                verbose=verbose,
-                **fit_kwargs,
-            )
+            with self._cache.for_phase(phase, x, y, validation_data, batch_size, fit_kwargs) as cached:
+                if phase_lines:
+                    print(f"  cache: {cached.description}", flush=True)
+                fit_model = cached.model or self.model
+                if cached.model is not None:
+                    fit_model.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics,
+                                      **self.compile_kwargs)
+                    sync(fit_model)  # the optimizer in the remainder's variable order, state kept
+                result = fit_model.fit(
+                    cached.x if cached.model is not None else x,
+                    y,
+                    validation_data=cached.validation if cached.model is not None else validation_data,
+                    batch_size=batch_size,
+                    epochs=phase_start + phase.epochs,
+                    initial_epoch=epoch,
+                    callbacks=phase_callbacks,
+                    verbose=verbose,
+                    **fit_kwargs,
+                )
+                if cached.model is not None:
+                    sync(self.model)
             epoch += len(result.epoch)
             self._phases_run.append({"name": phase.name, "start_epoch": phase_start, "epochs": epoch - phase_start})
             if result.history:
                 logs = {k: v[-1] for k, v in result.history.items()}
-            if self.model.stop_training and not (stopper and stopper.triggered):
+            if fit_model.stop_training and not (stopper and stopper.triggered):
                 break  # a callback of the user's ended the run
         user.on_train_end(logs)
         return self._history()
