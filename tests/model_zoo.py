@@ -92,6 +92,15 @@ def applications() -> keras.Model:
     )
 
 
+def skip_model():
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="relu", name="frozen1")(inputs)
+    h = keras.layers.Dense(8, name="frozen2")(h)
+    t = keras.layers.Dense(8, activation="relu", name="train1")(h)
+    merged = keras.layers.Add(name="skip")([h, t])  # the skip connection crosses the cut
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(merged), name="skipnet")
+
+
 MODEL_BUILDERS = {
     "sequential": sequential,
     "functional": functional,

@@ -312,3 +312,26 @@ def test_fine_tune_runner_two_phases():
     assert moved == {"head/kernel", "head/bias", "base/block5/conv1/kernel", "base/block5/conv1/bias",
                      "base/block5/conv2/kernel", "base/block5/conv2/bias"}
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * STEPS
+
+
+@pytest.mark.parametrize("shape", ["sequential", "skip", "applications"])
+def test_cached_phase_trains_the_same_weights_as_plain_fit(shape):
+    from model_zoo import skip_model
+
+    build = {"sequential": nested, "skip": skip_model, "applications": applications}[shape]
+    keras.utils.set_random_seed(0)
+    probe = build()
+    frozen = {"sequential": "base", "skip": ["frozen1", "frozen2"], "applications": probe.layers[0].name}[shape]
+    x, y = data(probe)
+    results = []
+    for cache in ("memory", False):
+        keras.utils.set_random_seed(0)
+        model = build()
+        run = fl.FineTune(model, [fl.Phase("head", 2, fl.Plan().freeze(frozen), cache=cache)],
+                          optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        run.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+        results.append(values(model))
+    cached, plain = results
+    assert cached.keys() == plain.keys()
+    for key in cached:
+        np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)

@@ -1,0 +1,127 @@
+"""The frost-line split and the activation cache: same result as plain fit, or a reason."""
+
+import keras
+import numpy as np
+import pytest
+
+import frostline as fl
+from frostline.cache import NotCacheable, frost_split
+from model_zoo import applications, nested, skip_model
+
+RNG = np.random.default_rng(0)
+
+
+def head_weights(model):
+    return [keras.ops.convert_to_numpy(w.value).copy() for w in model.weights]
+
+
+def two_runs(build, x, y, phases, **fit_kwargs):
+    """The same phases with cache='auto' (or as given) and with cache=False."""
+    results = []
+    for cache in ("auto", False):
+        keras.utils.set_random_seed(0)
+        model = build()
+        phased = [fl.Phase(p.name, p.epochs, p.plan, p.learning_rate, cache=cache if p.cache == "auto" else p.cache)
+                  for p in phases]
+        run = fl.FineTune(model, phased, optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        history = run.fit(x, y, batch_size=8, verbose=0, shuffle=False, **fit_kwargs)
+        results.append((model, history))
+    return results
+
+
+def assert_same_weights(a, b):
+    for wa, wb in zip(head_weights(a), head_weights(b)):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+
+
+def test_split_of_a_nested_model_and_its_equivalence():
+    model = nested()
+    fl.apply(model, fl.Plan().freeze("base"))
+    split = frost_split(model)
+    assert [l.name for l in split.remainder.layers if l.weights] == ["head"]
+    x = RNG.normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)),
+                               keras.ops.convert_to_numpy(split.remainder(split.frozen(x))), rtol=1e-6)
+    assert split.remainder.get_layer("head") is model.get_layer("head")  # shared, not copied
+
+
+def test_cached_phase_trains_the_same_weights_as_plain_fit_sequential():
+    x, y = RNG.normal(size=(32, 6)).astype("float32"), RNG.normal(size=(32, 3)).astype("float32")
+    phases = [fl.Phase("head", 3, fl.Plan().freeze("base")), fl.Phase("top", 2, fl.Plan().unfreeze("block5"))]
+    (cached, h1), (plain, h2) = two_runs(nested, x, y, phases, validation_data=(x[:8], y[:8]))
+    assert_same_weights(cached, plain)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-5)
+
+
+def test_cached_phase_with_a_skip_connection_across_the_cut():
+    model = skip_model()
+    fl.apply(model, fl.Plan().freeze(["frozen1", "frozen2"]))
+    split = frost_split(model)
+    assert len(split.cut) == 1 and split.cut[0][1] == (None, 8)
+    x, y = RNG.normal(size=(32, 6)).astype("float32"), RNG.normal(size=(32, 3)).astype("float32")
+    phases = [fl.Phase("a", 3, fl.Plan().freeze(["frozen1", "frozen2"]))]
+    (cached, _), (plain, _) = two_runs(skip_model, x, y, phases)
+    assert_same_weights(cached, plain)
+
+
+def test_cached_phase_with_a_nested_applications_base():
+    x = RNG.random((16, 32, 32, 3)).astype("float32")
+    y = RNG.normal(size=(16, 3)).astype("float32")
+    build = applications
+    base = lambda m: m.layers[0].name  # noqa: E731
+    keras.utils.set_random_seed(0)
+    name = base(build())
+    phases = [fl.Phase("head", 2, fl.Plan().freeze(name)), fl.Phase("top", 2, fl.Plan().unfreeze(f"{name}/block_16_*"))]
+    (cached, _), (plain, _) = two_runs(build, x, y, phases)
+    assert_same_weights(cached, plain)
+
+
+def test_auto_falls_back_with_a_reason(capsys):
+    x, y = RNG.normal(size=(16, 6)).astype("float32"), RNG.normal(size=(16, 3)).astype("float32")
+    model = nested()
+    run = fl.FineTune(model, [fl.Phase("one", 1, fl.Plan().freeze("base")), fl.Phase("all", 2, fl.Plan().unfreeze("base"))],
+                      loss="mse")
+    run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
+    out = capsys.readouterr().out
+    assert "cache: off, plain fit: a phase of one epoch computes each activation once anyway." in out
+    assert "cache: off, plain fit: nothing frozen and deterministic comes before" in out
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_explicit_cache_that_cannot_apply_is_an_error(mode):
+    x, y = RNG.normal(size=(16, 6)).astype("float32"), RNG.normal(size=(16, 3)).astype("float32")
+    run = fl.FineTune(nested(), [fl.Phase("all", 2, cache=mode)], loss="mse")
+    with pytest.raises(NotCacheable, match=f"Phase 'all' asks for cache='{mode}', which cannot apply: nothing frozen"):
+        run.fit(x, y, verbose=0)
+
+
+def test_subclassed_and_dropout_before_the_cut():
+    from model_zoo import subclassed
+
+    with pytest.raises(NotCacheable, match="subclassed model whose graph cannot be seen"):
+        frost_split(subclassed())
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dropout(0.5, name="drop"), keras.layers.Dense(4, name="d"),
+                              keras.layers.Dense(2, name="head")])
+    fl.apply(model, fl.Plan().freeze("d"))
+    with pytest.raises(NotCacheable, match="nothing frozen and deterministic"):
+        frost_split(model)  # the random Dropout comes first
+    fl.apply(model, fl.Plan().inference("drop"))
+    assert [l.name for l in frost_split(model).remainder.layers if l.weights] == ["head"]
+
+
+def test_disk_cache_and_float16(tmp_path, capsys):
+    x, y = RNG.normal(size=(40, 6)).astype("float32"), RNG.normal(size=(40, 3)).astype("float32")
+    run = fl.FineTune(nested(), [fl.Phase("head", 2, fl.Plan().freeze("base"), cache="disk", cache_dtype="float16")],
+                      loss="mse", cache_dir=tmp_path)
+    run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
+    out = capsys.readouterr().out
+    assert "cache: disk, 400 bytes of activations" in out  # 40 samples x 5 values x 2 bytes
+    assert list(tmp_path.iterdir()) == []  # removed after the phase
+
+
+def test_auto_goes_to_disk_above_the_memory_limit(capsys):
+    x, y = RNG.normal(size=(40, 6)).astype("float32"), RNG.normal(size=(40, 3)).astype("float32")
+    run = fl.FineTune(nested(), [fl.Phase("head", 2, fl.Plan().freeze("base"))], loss="mse", cache_memory_limit=100)
+    run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
+    assert "cache: disk, 800 bytes" in capsys.readouterr().out
