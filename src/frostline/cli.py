@@ -96,6 +96,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from frostline.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
 def _depth(text: str) -> int:
     try:
         value = int(text)
@@ -155,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--labels-per-class", type=int, default=10, help="labels per digit (default: 10)")
     demo.add_argument("--quick", action="store_true", help="fewer epochs, for a smoke test")
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks: bench cache [flags]", add_help=False)
+    bench.add_argument("what", choices=["cache"], help="cache: the activation cache against plain Keras")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=_bench)
     return parser
 
 
