@@ -125,3 +125,20 @@ def test_auto_goes_to_disk_above_the_memory_limit(capsys):
     run = fl.FineTune(nested(), [fl.Phase("head", 2, fl.Plan().freeze("base"))], loss="mse", cache_memory_limit=100)
     run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
     assert "cache: disk, 800 bytes" in capsys.readouterr().out
+
+
+def test_bench_cache_runs_and_ends_with_its_machine_readable_line():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-m", "frostline", "bench", "cache", "--images", "16", "--image-size", "32",
+         "--epochs", "2", "--unfrozen-epochs", "1"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"speedup=\d+\.\d\d floor_ratio=\d+\.\d{3} unfrozen_overhead=\d+\.\d{3} cache_bytes=\d+", last), last
