@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from frostline.modes import layer_mode
+from frostline.modes import is_forced_inference, layer_mode
 
 __all__ = ["ActivationCache", "CachedPhase", "FrostSplit", "NotCacheable", "frost_split"]
 
@@ -195,7 +195,17 @@ class ActivationCache:
             return "the validation data is not arrays."
         if fit_kwargs.get("validation_split"):
             return "validation_split is not supported with the cache; pass validation_data."
+        if not self._anything_frozen():
+            return "nothing frozen and deterministic comes before the first trainable or random layer."
         return None
+
+    def _anything_frozen(self) -> bool:
+        # Cheap: a walk of the graph costs seconds on a large model.
+        model = self.runner.model
+        if any(is_forced_inference(l) for l in model._flatten_layers()):
+            return True
+        capable = {id(v) for l in model._flatten_layers() for v in l._trainable_variables}
+        return len({id(v) for v in model.trainable_weights}) < len(capable)
 
     @contextlib.contextmanager
     def for_phase(self, phase, x, y, validation_data, batch_size, fit_kwargs) -> Iterator[CachedPhase]:

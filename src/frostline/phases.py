@@ -144,27 +144,25 @@ class _PhaseStop(keras.callbacks.EarlyStopping):
 
 class _Forward(keras.callbacks.Callback):
     """Gives the user's callbacks one training run across all phases: epoch and batch
-    events are passed on; train begin and end are sent once, by the runner."""
+    events are passed on; train begin and end are sent once, by the runner.
+
+    Batch-level events are forwarded only when one of the user's callbacks handles them:
+    Keras dispatches asynchronously, and so faster, when no callback does.
+    """
+
+    _EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_test_begin", "on_test_end")
+    _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end")
 
     def __init__(self, callbacks: keras.callbacks.CallbackList):
         super().__init__()
         self.callbacks = callbacks
-
-    def _forward(name):  # noqa: N805 - a method factory
-        def method(self, *args, **kwargs):
-            getattr(self.callbacks, name)(*args, **kwargs)
-
-        return method
-
-    on_epoch_begin = _forward("on_epoch_begin")
-    on_epoch_end = _forward("on_epoch_end")
-    on_train_batch_begin = _forward("on_train_batch_begin")
-    on_train_batch_end = _forward("on_train_batch_end")
-    on_test_begin = _forward("on_test_begin")
-    on_test_end = _forward("on_test_end")
-    on_test_batch_begin = _forward("on_test_batch_begin")
-    on_test_batch_end = _forward("on_test_batch_end")
-    del _forward
+        users = list(callbacks.callbacks)
+        for name in self._EPOCH_HOOKS + self._BATCH_HOOKS:
+            needed = name in self._EPOCH_HOOKS or any(
+                not getattr(getattr(c, name), "_is_default", False) for c in users
+            )
+            if needed:
+                setattr(self, name, getattr(callbacks, name))
 
 
 class _Reseed(keras.callbacks.Callback):
