@@ -6,6 +6,9 @@ _backend.choose_default_backend()
 
 from frostline.apply import apply, scoped, sync  # noqa: E402
 from frostline.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
+from frostline.cache import FrostSplit, NotCacheable, frost_split  # noqa: E402
+from frostline.checkpoint import CheckpointError  # noqa: E402
+from frostline.config import ConfigError  # noqa: E402
 from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
 from frostline.guard import FreezeGuard  # noqa: E402
 from frostline import schedules  # noqa: E402
@@ -32,11 +35,14 @@ from frostline.tree import LayerNode, LayerTree  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
     "FineTune",
     "Fingerprint",
     "Freeze",
     "FreezeAudit",
     "FreezeGuard",
+    "FrostSplit",
     "FrozenWeightsChanged",
     "Inference",
     "LayerDecision",
@@ -44,6 +50,7 @@ __all__ = [
     "LayerRow",
     "LayerTree",
     "LearningRate",
+    "NotCacheable",
     "Phase",
     "PhaseSchedule",
     "Plan",
@@ -59,6 +66,7 @@ __all__ = [
     "applied_plan",
     "apply",
     "fingerprint",
+    "frost_split",
     "load_model",
     "load_plan",
     "parse_selector",
