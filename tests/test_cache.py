@@ -142,3 +142,30 @@ def test_bench_cache_runs_and_ends_with_its_machine_readable_line():
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"speedup=\d+\.\d\d floor_ratio=\d+\.\d{3} unfrozen_overhead=\d+\.\d{3} cache_bytes=\d+", last), last
+
+
+def test_cached_phase_keeps_learning_rate_multipliers_and_callbacks_see_the_whole_model(tmp_path):
+    x, y = RNG.normal(size=(32, 6)).astype("float32"), RNG.normal(size=(32, 3)).astype("float32")
+    model = nested()
+    seen = []
+
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.name)
+
+    conv1 = model.get_layer("base").get_layer("block5").get_layer("conv1")
+    run = fl.FineTune(model, [fl.Phase("top", 3, fl.Plan().freeze("base").unfreeze("block5").lr("conv1", 0.0),
+                                       cache="memory", callbacks=(Seen(),))], loss="mse")
+    before = keras.ops.convert_to_numpy(conv1.kernel.value).copy()
+    run.fit(x, y, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(conv1.kernel.value), before)  # multiplier 0 held
+    assert seen == ["outer"] * 3  # the phase's callbacks see the user's model, not the remainder
+
+
+def test_user_early_stopping_ends_a_cached_run():
+    x, y = RNG.normal(size=(32, 6)).astype("float32"), RNG.normal(size=(32, 3)).astype("float32")
+    run = fl.FineTune(nested(), [fl.Phase("a", 20, fl.Plan().freeze("base"), 1e-9, cache="memory"), fl.Phase("b", 2)],
+                      loss="mse")
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1.0)
+    history = run.fit(x, y, batch_size=8, verbose=0, callbacks=[stop])
+    assert [p["name"] for p in history.phases] == ["a"] and history.phases[0]["epochs"] < 20

@@ -26,3 +26,11 @@ def test_quick_demo_writes_report_and_plots_and_is_repeatable(tmp_path):
     assert "| fine-tuned (top block unfrozen) |" in (tmp_path / "a" / "report.md").read_text()
     again = run_demo(tmp_path / "b", 3)
     assert again.stdout.strip().splitlines()[-1] == last
+
+
+def test_too_many_labels_per_class_is_refused():
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-m", "frostline", "demo", "--labels-per-class", "500"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 2
+    assert "Expected labels_per_class between 1 and" in result.stderr

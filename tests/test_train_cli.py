@@ -105,6 +105,7 @@ def test_resume_after_a_finished_run_and_a_changed_config(workdir):
          "base.application: unknown keras.applications model 'MobileNetv2'. Did you mean 'MobileNetV2'?"),
         ({"head.classes": 0}, "head.classes: Input should be greater than 0"),
         ({"phases": []}, "phases: Tuple should have at least 1 item"),
+        ({"phases.0.early_stopping": {"patiense": 2}}, "phases[0].early_stopping: not an argument of keras.callbacks.EarlyStopping"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(workdir, changes, message):
@@ -132,3 +133,9 @@ def test_image_folder_with_an_applications_base(workdir):
     result = run_cli("train", write(workdir, data), "--quiet", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert (workdir / "run" / "model.keras").is_file()
+
+
+def test_resume_without_a_checkpoint_writes_nothing(workdir):
+    result = run_cli("train", write(workdir, config()), "--resume", cwd=workdir)
+    assert result.returncode == 2 and "No checkpoint to resume from" in result.stderr
+    assert not (workdir / "run").exists()

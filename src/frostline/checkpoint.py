@@ -115,7 +115,7 @@ def read_latest(directory: str) -> tuple[str, dict[str, Any]]:
     if not os.path.isfile(pointer):
         raise CheckpointError(
             f"No checkpoint to resume from in {directory!r} (no '{LATEST}' file). "
-            "Run without resume=True to start."
+            "Start a new run instead (without resume=True, or without --resume)."
         )
     with open(pointer) as f:
         name = f.read().strip()

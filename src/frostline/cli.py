@@ -89,9 +89,10 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from frostline.demo import run_demo
 
-    if args.labels_per_class < 1:
-        raise CommandError(f"--labels-per-class: expected 1 or more, received {args.labels_per_class}")
-    result = run_demo(args.out, seed=args.seed, labels_per_class=args.labels_per_class, quick=args.quick)
+    try:
+        result = run_demo(args.out, seed=args.seed, labels_per_class=args.labels_per_class, quick=args.quick)
+    except ValueError as e:
+        raise CommandError(f"--labels-per-class: {e}") from None
     print(result.summary_line())
     return 0
 

@@ -111,6 +111,18 @@ class PhaseSpec(_Strict):
             raise ValueError(str(e)) from None
         return value
 
+    @field_validator("early_stopping")
+    @classmethod
+    def _valid_early_stopping(cls, value: Any) -> Any:
+        if value is not None:
+            import keras
+
+            try:
+                keras.callbacks.EarlyStopping(**value)
+            except TypeError as e:
+                raise ValueError(f"not an argument of keras.callbacks.EarlyStopping: {e}") from None
+        return value
+
     def to_plan(self) -> Plan:
         return Plan.from_dict(self.plan or {"rules": []})
 

@@ -90,6 +90,12 @@ def run_demo(out: str = "frostline-demo", *, seed: int = 0, labels_per_class: in
     source = y < 5
     x_src, y_src = x[source], y[source]
     x_tgt, y_tgt = x[~source], y[~source] - 5
+    fewest = int(min(np.sum(y_tgt == c) for c in range(5)))
+    if not 1 <= labels_per_class < fewest:
+        raise ValueError(
+            f"Expected labels_per_class between 1 and {fewest - 1}, so that every digit keeps "
+            f"test images. Received: labels_per_class={labels_per_class}"
+        )
     few = np.concatenate([rng.permutation(np.flatnonzero(y_tgt == c))[:labels_per_class] for c in range(5)])
     test = np.setdiff1d(np.arange(len(y_tgt)), few)
     x_few, y_few, x_test, y_test = x_tgt[few], y_tgt[few], x_tgt[test], y_tgt[test]

@@ -14,6 +14,7 @@ import numpy as np
 
 from frostline.apply import apply, sync
 from frostline.cache import ActivationCache
+from frostline.optim import model_lr_multipliers, set_model_lr_multipliers
 from frostline.checkpoint import CheckpointError, config_differences, load_into, read_latest, write_checkpoint
 from frostline.plan import Plan
 from frostline.report import Report
@@ -153,16 +154,28 @@ class _Forward(keras.callbacks.Callback):
     _EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_test_begin", "on_test_end")
     _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end")
 
-    def __init__(self, callbacks: keras.callbacks.CallbackList):
+    def __init__(self, callbacks: keras.callbacks.CallbackList, *, train_hooks: bool = False):
         super().__init__()
         self.callbacks = callbacks
         users = list(callbacks.callbacks)
+        if train_hooks:  # a phase's own callbacks see each phase as a run
+            self.on_train_begin = callbacks.on_train_begin
+            self.on_train_end = callbacks.on_train_end
         for name in self._EPOCH_HOOKS + self._BATCH_HOOKS:
             needed = name in self._EPOCH_HOOKS or any(
                 not getattr(getattr(c, name), "_is_default", False) for c in users
             )
             if needed:
                 setattr(self, name, getattr(callbacks, name))
+        forward_epoch_end = self.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            forward_epoch_end(epoch, logs)
+            # The callbacks watch the user's model; a cached phase fits the remainder.
+            if callbacks.model is not None and callbacks.model.stop_training and self.model is not None:
+                self.model.stop_training = True
+
+        self.on_epoch_end = on_epoch_end
 
 
 class _Reseed(keras.callbacks.Callback):
@@ -353,7 +366,8 @@ class FineTune:
             described += f"; partly frozen: {', '.join(partial)}"
         return (
             f"phase {index + 1}/{len(self.phases)} '{phase.name}': {report.totals_line} · "
-            f"frozen: {described} · learning rate {lr_text} · up to {phase.epochs} epochs"
+            f"frozen: {described} · learning rate {lr_text} · up to {phase.epochs} "
+            + ("epoch" if phase.epochs == 1 else "epochs")
         )
 
     def fit(
@@ -426,7 +440,8 @@ class FineTune:
             stopper = _PhaseStop(**phase.early_stopping) if phase.early_stopping else None
             phase_callbacks = (
                 ([_Reseed(self.seed)] if self.seed is not None else [])
-                + [*phase.callbacks, _Forward(user)]
+                + [_Forward(keras.callbacks.CallbackList(list(phase.callbacks), model=self.model), train_hooks=True),
+                   _Forward(user)]
                 + ([stopper] if stopper else [])
                 + [_Record(self, index, phase_start, phase_iterations, stopper)]
             )
@@ -437,7 +452,10 @@ class FineTune:
                 if cached.model is not None:
                     fit_model.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics,
                                       **self.compile_kwargs)
-                    sync(fit_model)  # the optimizer in the remainder's variable order, state kept
+                    # The optimizer in the remainder's variable order, state and
+                    # learning-rate multipliers kept.
+                    set_model_lr_multipliers(fit_model, model_lr_multipliers(self.model))
+                    sync(fit_model)
                 result = fit_model.fit(
                     cached.x if cached.model is not None else x,
                     y,

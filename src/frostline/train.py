@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from frostline.apply import scoped
+from frostline.checkpoint import read_latest
 from frostline.config import ConfigError, TrainConfig
 from frostline.errors import PlanError
 from frostline.phases import FineTune, Phase
@@ -149,8 +150,10 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     phases = validate_plans(model, config)
     optimizer = _optimizer(config)
     x, y, validation = load_data(config)
-    # Everything is valid: only now is anything written.
     out = config.output
+    if resume:
+        read_latest(os.path.join(out, "checkpoints"))  # no checkpoint: say so before writing
+    # Everything is valid: only now is anything written.
     os.makedirs(out, exist_ok=True)
     run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
                    checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed)
