@@ -54,12 +54,11 @@ def audited_variables(model: keras.layers.Layer) -> list[tuple[str, keras.Variab
     trainable = tree.effective_trainable_ids()
     watched = []
     for node in tree:
-        prefix = f"{node.path}/" if node.path else ""
         for v in node.weights:
             if id(v) not in trainable:
-                watched.append((prefix + v.name, v))
+                watched.append((node.variable_path(v), v))
         if layer_mode(node.layer) == "inference":
-            watched.extend((prefix + v.name, v) for v in node.states)
+            watched.extend((node.variable_path(v), v) for v in node.states)
     return watched
 
 

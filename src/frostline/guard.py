@@ -26,7 +26,7 @@ def stale_variables(model: keras.Model) -> tuple[list[str], list[str]]:
         return [], []
     built_for = {id(v) for v in optimizer._trainable_variables}
     trainable = {id(v) for v in model.trainable_variables}
-    paths = {id(v): f"{n.path}/{v.name}" if n.path else v.name for n in LayerTree(model) for v in n.weights}
+    paths = {id(v): n.variable_path(v) for n in LayerTree(model) for v in n.weights}
     now_trainable = [paths.get(id(v), v.path) for v in model.trainable_variables if id(v) not in built_for]
     now_frozen = [paths.get(id(v), v.path) for v in optimizer._trainable_variables if id(v) not in trainable]
     return now_trainable, now_frozen

@@ -510,7 +510,7 @@ class VariableDecision:
     @property
     def path(self) -> str:
         """The layer's canonical path and the variable's name: `"base/conv1/kernel"`."""
-        return f"{self.node.path}/{self.variable.name}" if self.node.path else self.variable.name
+        return self.node.variable_path(self.variable)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,6 +87,10 @@ class LayerNode:
         """Own variables: `weights` then `states`."""
         return self.weights + self.states
 
+    def variable_path(self, variable: keras.Variable) -> str:
+        """The layer's canonical path and the variable's name: `"base/conv1/kernel"`."""
+        return f"{self.path}/{variable.name}" if self.path else variable.name
+
     def descendants(self, *, include_self: bool = True) -> Iterator[LayerNode]:
         """Every layer inside this one (shared layers once), depth first."""
         seen: set[int] = set()
