@@ -54,6 +54,47 @@ def test_cached_phase_trains_the_same_weights_as_plain_fit_sequential():
     np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-5)
 
 
+def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit(tmp_path, capsys):
+    # 40 samples x 5 values x 4 bytes = 800 bytes of activations, a limit of 100: computed
+    # in chunks of one batch, read a batch at a time, with validation and sample weights.
+    x, y = RNG.normal(size=(40, 6)).astype("float32"), RNG.normal(size=(40, 3)).astype("float32")
+    weights = RNG.random(40).astype("float32")
+    results = []
+    for cache in ("auto", False):
+        keras.utils.set_random_seed(0)
+        model = nested()
+        run = fl.FineTune(model, [fl.Phase("head", 3, fl.Plan().freeze("base"), cache=cache)],
+                          optimizer=keras.optimizers.Adam(1e-2), loss="mse", cache_memory_limit=100, cache_dir=tmp_path)
+        history = run.fit(x, y, batch_size=8, sample_weight=weights, validation_data=(x[:16], y[:16], weights[:16]),
+                          validation_batch_size=4, verbose=0, shuffle=False, phase_lines=True)
+        results.append((model, history))
+    assert "cache: disk, 1,120 bytes" in capsys.readouterr().out  # (40 + 16) samples x 20 bytes
+    (cached, h1), (plain, h2) = results
+    assert_same_weights(cached, plain)
+    np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_disk_cache_reshuffles_every_epoch(tmp_path):
+    from frostline.cache import CachedBatches, DiskActivations
+
+    store = DiskActivations(str(tmp_path), "train", [(2,)], np.dtype("float32"), 10)
+    values = np.arange(20, dtype="float32").reshape(10, 2)
+    store.write(0, [values[:6]])
+    store.write(6, [values[6:]])
+    assert np.array_equal(np.load(store.paths[0]), values)  # a plain .npy file
+    batches = CachedBatches(store, np.arange(10), None, 4, shuffle=True)
+    orders = []
+    for _ in range(2):
+        batches.on_epoch_begin()
+        seen = [batches[i] for i in range(len(batches))]
+        xs, ys = np.concatenate([b[0] for b in seen]), np.concatenate([b[1] for b in seen])
+        assert np.array_equal(xs, values[ys])  # rows stay with their labels
+        orders.append(ys)
+    assert sorted(orders[0]) == list(range(10)) and not np.array_equal(orders[0], orders[1])
+    store.close()
+
+
 def test_cached_phase_with_a_skip_connection_across_the_cut():
     model = skip_model()
     fl.apply(model, fl.Plan().freeze(["frozen1", "frozen2"]))
@@ -142,6 +183,27 @@ def test_bench_cache_runs_and_ends_with_its_machine_readable_line():
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"speedup=\d+\.\d\d floor_ratio=\d+\.\d{3} unfrozen_overhead=\d+\.\d{3} cache_bytes=\d+", last), last
+
+
+def test_bench_memory_runs_four_processes_and_reports_their_peaks():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-m", "frostline", "bench", "memory", "--samples", "2000", "--width", "512",
+         "--memory-limit-mb", "1", "--epochs", "2"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1: the peak grew; machine noise at this size
+    values = dict(item.split("=") for item in result.stdout.strip().splitlines()[-1].split())
+    assert int(values["cache_bytes"]) == 2000 * 512 * 4 and int(values["disk_4x_cache_bytes"]) == 4 * 2000 * 512 * 4
+    assert int(values["memory_limit"]) == 2**20
+    peaks = [int(values[k]) for k in ("plain_peak_rss", "memory_peak_rss", "disk_peak_rss", "disk_4x_peak_rss")]
+    assert all(100 * 2**20 < p < 8 * 2**30 for p in peaks)  # measured, in bytes
+    assert len(re.findall(r"peak RSS", result.stdout)) == 4
 
 
 def test_cached_phase_keeps_learning_rate_multipliers_and_callbacks_see_the_whole_model(tmp_path):

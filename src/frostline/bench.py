@@ -12,6 +12,11 @@ the pairs' ratios).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -21,7 +26,7 @@ import numpy as np
 from frostline.phases import FineTune, Phase
 from frostline.plan import Plan
 
-__all__ = ["cache_benchmark", "main"]
+__all__ = ["cache_benchmark", "main", "memory_benchmark", "memory_main"]
 
 
 def _model(image_size: int, classes: int) -> keras.Model:
@@ -155,3 +160,83 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"unfrozen_overhead={result['unfrozen_overhead']:.3f} cache_bytes={result['cache_bytes']}")
     return status
 
+
+def _memory_child(mode: str, samples: int, features: int, width: int, epochs: int, batch_size: int,
+                  memory_limit: int) -> dict[str, float]:
+    """One training run in this process; returns its peak resident memory and timings."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, features)).astype("float32")
+    y = rng.integers(0, 10, samples)
+    # The frozen part widens each sample: its activations are width / features times the data.
+    base = keras.Sequential([keras.Input((features,)), keras.layers.Dense(width, activation="relu", name="expand")],
+                            name="base")
+    model = keras.Sequential([keras.Input((features,)), base, keras.layers.Dense(10, name="head")], name="wide")
+    cache = {"plain": False, "disk": "auto", "memory": "memory"}[mode]
+    run = FineTune(model, [Phase("head", epochs, Plan().freeze("base"), cache=cache)],
+                   optimizer=keras.optimizers.Adam(1e-3),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   cache_memory_limit=memory_limit)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    run.fit(x, y, batch_size=batch_size, verbose=0, shuffle=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_rss": peak, "rss_before_fit": before, "seconds": seconds,
+            "activation_bytes": samples * width * 4, "data_bytes": int(x.nbytes)}
+
+
+def memory_benchmark(*, samples: int = 20000, features: int = 64, width: int = 4096, epochs: int = 2,
+                     batch_size: int = 256, memory_limit: int = 32 * 2**20, say=print) -> dict[str, dict]:
+    """Peak resident memory of the same training with no cache, an in-memory cache and a
+    disk cache (activations several times `memory_limit`), and of the disk cache again
+    with four times the samples; each run in a fresh process."""
+    results = {}
+    for label, mode, n in (("plain", "plain", samples), ("memory", "memory", samples), ("disk", "disk", samples),
+                           ("disk_4x", "disk", 4 * samples)):
+        code = (f"import json, frostline.bench as b; print(json.dumps(b._memory_child({mode!r}, {n}, "
+                f"{features}, {width}, {epochs}, {batch_size}, {memory_limit})))")
+        env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {label} run failed:\n{done.stderr[-3000:]}")
+        results[label] = r = json.loads(done.stdout.strip().splitlines()[-1])
+        cache = "no cache" if mode == "plain" else f"{mode} cache of {r['activation_bytes'] / 2**20:7.1f} MiB"
+        say(f"{n:>7} samples, {cache:<28}: peak RSS {r['peak_rss'] / 2**20:7.1f} MiB "
+            f"(before fit {r['rss_before_fit'] / 2**20:6.1f} MiB) · {r['seconds']:5.1f} s")
+    return results
+
+
+def memory_main(argv: Sequence[str] | None = None) -> int:
+    """`frostline bench memory`: peak memory of a disk cache larger than its limit;
+    returns the exit code (1 when the disk cache's memory grew with the data)."""
+    parser = argparse.ArgumentParser(
+        prog="frostline bench memory",
+        description="Peak resident memory (RSS) of training with no cache, an in-memory cache and a streaming "
+                    "disk cache, and of the disk cache with four times the samples, each in a fresh process. The "
+                    "frozen part widens each sample, so the activations are many times the cache's memory limit.")
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--width", type=int, default=4096, help="the frozen layer's output width")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--memory-limit-mb", type=float, default=32.0, help="FineTune(cache_memory_limit=...)")
+    args = parser.parse_args(argv)
+    limit = int(args.memory_limit_mb * 2**20)
+    r = memory_benchmark(samples=args.samples, features=args.features, width=args.width, epochs=args.epochs,
+                         batch_size=args.batch_size, memory_limit=limit)
+    mib = lambda b: f"{b / 2**20:+.1f} MiB"  # noqa: E731
+    cache, cache_4x = r["disk"]["activation_bytes"], r["disk_4x"]["activation_bytes"]
+    growth = r["disk_4x"]["peak_rss"] - r["disk"]["peak_rss"]
+    print(f"memory limit {limit / 2**20:.1f} MiB; activations {cache / limit:.1f}x and {cache_4x / limit:.1f}x the limit. "
+          f"Peak RSS over no cache: in-memory cache {mib(r['memory']['peak_rss'] - r['plain']['peak_rss'])}, "
+          f"disk cache {mib(r['disk']['peak_rss'] - r['plain']['peak_rss'])}; with 4x the samples the disk "
+          f"cache's peak moved {mib(growth)} while its activations grew {mib(cache_4x - cache)}")
+    status = 0
+    if growth > limit:
+        print(f"error: the disk cache's peak memory grew by {growth / 2**20:.1f} MiB with the data, more than its limit")
+        status = 1
+    print(f"cache_bytes={cache} memory_limit={limit} plain_peak_rss={r['plain']['peak_rss']} "
+          f"memory_peak_rss={r['memory']['peak_rss']} disk_peak_rss={r['disk']['peak_rss']} "
+          f"disk_4x_cache_bytes={cache_4x} disk_4x_peak_rss={r['disk_4x']['peak_rss']}")
+    return status

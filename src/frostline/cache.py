@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -23,7 +25,7 @@ import numpy as np
 
 from frostline.modes import is_forced_inference, layer_mode
 
-__all__ = ["ActivationCache", "CachedPhase", "FrostSplit", "NotCacheable", "frost_split"]
+__all__ = ["ActivationCache", "CachedBatches", "CachedPhase", "DiskActivations", "FrostSplit", "NotCacheable", "frost_split", "samples"]
 
 
 class NotCacheable(ValueError):
@@ -134,11 +136,15 @@ def frost_split(model: keras.Model) -> FrostSplit:
 @dataclasses.dataclass(frozen=True)
 class CachedPhase:
     """What a phase fits: the remainder model on cached activations, or (model None)
-    the whole model on the data as given."""
+    the whole model on the data as given. `x`, `y`, `validation`, `batch_size` and
+    `fit_kwargs` are the arguments for that model's `fit`."""
 
     model: keras.Model | None
     x: Any
+    y: Any
     validation: Any
+    batch_size: int | None
+    fit_kwargs: dict
     description: str
     nbytes: int = 0
 
@@ -153,7 +159,11 @@ def _is_arrays(value: Any) -> bool:
     return False
 
 
-def _length(x: Any) -> int:
+def samples(x: Any) -> int | None:
+    """The number of samples in NumPy inputs (an array, or a list or dict of them);
+    None for anything else (datasets, generators)."""
+    if not _is_arrays(x):
+        return None
     first = x if isinstance(x, np.ndarray) else (list(x.values())[0] if isinstance(x, dict) else x[0])
     return len(first)
 
@@ -166,17 +176,132 @@ def _rows(x: Any, start: int, stop: int) -> Any:
     return [v[start:stop] for v in x]
 
 
+def _read_exactly(fd: int, view: memoryview, position: int) -> None:
+    while view:
+        done = os.preadv(fd, [view], position)
+        if done == 0:
+            raise OSError(f"The activation cache file ended early (at byte {position}).")
+        view, position = view[done:], position + done
+
+
+class DiskActivations:
+    """Activations in `.npy` files, written a chunk at a time and read a batch at a time
+    with plain file reads. Nothing is memory-mapped, so the process holds only the
+    batches in flight however large the files grow; the operating system's file cache
+    (which gives memory back under pressure) does the rest.
+
+    Args:
+        folder: Where the files go (one per cut tensor).
+        label: File name prefix, e.g. "train".
+        shapes: Each cut tensor's shape without the batch axis.
+        dtype: The stored dtype.
+        count: The number of samples.
+    """
+
+    def __init__(self, folder: str, label: str, shapes: list[tuple], dtype: np.dtype, count: int):
+        self.shapes = [tuple(int(d) for d in shape) for shape in shapes]
+        self.dtype = np.dtype(dtype)
+        self.count = count
+        self.paths = [os.path.join(folder, f"{label}-{i}.npy") for i in range(len(self.shapes))]
+        self._row_bytes = [int(np.prod(shape)) * self.dtype.itemsize for shape in self.shapes]
+        self._offsets = []
+        self._fds = []
+        for path, shape in zip(self.paths, self.shapes):
+            with open(path, "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                          "shape": (count, *shape)}
+                np.lib.format.write_array_header_2_0(f, header)
+                self._offsets.append(f.tell())
+            self._fds.append(os.open(path, os.O_RDWR))
+
+    @property
+    def nbytes(self) -> int:
+        """The activations' size in bytes, headers excluded."""
+        return self.count * sum(self._row_bytes)
+
+    def write(self, start: int, arrays: list[np.ndarray]) -> None:
+        """Writes rows `start ... start + len(arrays[0])` of every file."""
+        for fd, offset, row, array in zip(self._fds, self._offsets, self._row_bytes, arrays):
+            data = memoryview(np.ascontiguousarray(array, dtype=self.dtype)).cast("B")
+            position = offset + start * row
+            while data:
+                written = os.pwrite(fd, data, position)
+                data, position = data[written:], position + written
+
+    def read(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The rows at `indices`, in that order, one array per cut tensor."""
+        indices = np.asarray(indices)
+        contiguous = len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
+        out = []
+        for fd, offset, row, shape in zip(self._fds, self._offsets, self._row_bytes, self.shapes):
+            # Each batch in its own anonymous mapping, unmapped when the batch is
+            # dropped: the C heap would keep batch-sized blocks of every thread.
+            buffer = mmap.mmap(-1, max(1, row * len(indices)))
+            view = memoryview(buffer)
+            if contiguous:
+                _read_exactly(fd, view, offset + int(indices[0]) * row)
+            else:
+                for k, i in enumerate(indices):
+                    _read_exactly(fd, view[k * row:(k + 1) * row], offset + int(i) * row)
+            out.append(np.frombuffer(buffer, dtype=self.dtype, count=len(indices) * row // self.dtype.itemsize)
+                       .reshape((len(indices), *shape)))
+        return out
+
+    def close(self) -> None:
+        """Closes the files (they stay on disk)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+class CachedBatches(keras.utils.PyDataset):
+    """Batches of disk-cached activations with their labels (and sample weights), in
+    order, or reshuffled at each epoch from NumPy's random generator.
+
+    Args:
+        features: The `DiskActivations`.
+        y: The labels, an array.
+        sample_weight: An array, or None.
+        batch_size: Samples per batch.
+        shuffle: Reorder the samples at every epoch.
+    """
+
+    def __init__(self, features: DiskActivations, y: np.ndarray, sample_weight: np.ndarray | None,
+                 batch_size: int, shuffle: bool):
+        super().__init__()
+        self.features = features
+        self.y = y
+        self.sample_weight = sample_weight
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.order = np.arange(features.count)
+
+    def __len__(self) -> int:
+        return math.ceil(self.features.count / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        xs = self.features.read(rows)
+        x = xs[0] if len(xs) == 1 else xs
+        if self.sample_weight is None:
+            return x, self.y[rows]
+        return x, self.y[rows], self.sample_weight[rows]
+
+    def on_epoch_begin(self) -> None:
+        if self.shuffle:
+            self.order = np.random.permutation(self.features.count)
+
+
 class ActivationCache:
     """Computes, stores and cleans up a phase's cached activations for `FineTune`.
 
     Args:
-        runner: The `FineTune` (its model, loss and optimizer are used).
-        memory_limit: Bytes under which `"auto"` keeps activations in memory.
+        runner: The `FineTune` (its model, loss, optimizer and distribution are used).
+        memory_limit: Bytes under which `"auto"` keeps activations in memory; also the
+            most a disk cache computes at once.
         directory: Where disk caches go; None: the runner's checkpoint folder, or a
             temporary one.
     """
-
-    CHUNK = 1024  # samples per predict call when streaming to disk
 
     def __init__(self, runner, *, memory_limit: int, directory: str | os.PathLike[str] | None):
         self.runner = runner
@@ -211,8 +336,9 @@ class ActivationCache:
     def for_phase(self, phase, x, y, validation_data, batch_size, fit_kwargs) -> Iterator[CachedPhase]:
         """Yields the `CachedPhase` for `phase` and removes disk files afterwards."""
         mode = phase.cache
+        as_given = dict(x=x, y=y, validation=validation_data, batch_size=batch_size, fit_kwargs=dict(fit_kwargs))
         if mode is False:
-            yield CachedPhase(None, None, None, "off (cache=False)")
+            yield CachedPhase(None, **as_given, description="off (cache=False)")
             return
         reason = self._reason_not_to_cache(phase, x, y, validation_data, fit_kwargs)
         split = None
@@ -224,53 +350,66 @@ class ActivationCache:
         if reason is not None:
             if mode != "auto":
                 raise NotCacheable(f"Phase {phase.name!r} asks for cache={mode!r}, which cannot apply: {reason}")
-            yield CachedPhase(None, None, None, f"off, plain fit: {reason}")
+            yield CachedPhase(None, **as_given, description=f"off, plain fit: {reason}")
             return
         folder = None
+        stores: list[DiskActivations] = []
         try:
-            n = _length(x) + (_length(validation_data[0]) if validation_data is not None else 0)
+            n = samples(x) + (samples(validation_data[0]) if validation_data is not None else 0)
             dtype = np.dtype(phase.cache_dtype or keras.backend.floatx())
             per_sample = sum(int(np.prod(shape[1:])) for _, shape in split.cut) * dtype.itemsize
             estimate = n * per_sample
             storage = mode if mode != "auto" else ("memory" if estimate <= self.memory_limit else "disk")
-            if storage == "disk":
-                base = self.directory or (
-                    os.path.join(self.runner.checkpoint_dir, "cache") if self.runner.checkpoint_dir else None
-                )
-                if base is not None:
-                    os.makedirs(base, exist_ok=True)
-                folder = tempfile.mkdtemp(prefix="frostline-cache-", dir=base)
-            features = self._compute(split, x, batch_size, dtype, folder, "train")
+            batch = batch_size or 32
+            cut = ", ".join(f"{shape[1:]}" for _, shape in split.cut)
+            description = f"{storage}, {estimate:,} bytes of activations at the frost line {cut}"
+            if storage == "memory":
+                features = self._in_memory(split, x, batch, dtype)
+                validation = None
+                if validation_data is not None:
+                    validation = (self._in_memory(split, validation_data[0], batch, dtype), *validation_data[1:])
+                yield CachedPhase(split.remainder, features, y, validation, batch_size, dict(fit_kwargs),
+                                  description, estimate)
+                return
+            base = self.directory or (
+                os.path.join(self.runner.checkpoint_dir, "cache") if self.runner.checkpoint_dir else None
+            )
+            if base is not None:
+                os.makedirs(base, exist_ok=True)
+            folder = tempfile.mkdtemp(prefix="frostline-cache-", dir=base)
+            kwargs = dict(fit_kwargs)
+            shuffle = kwargs.pop("shuffle", True)
+            kwargs["shuffle"] = False  # the batches reorder their samples; Keras would reorder whole batches
+            sample_weight = kwargs.pop("sample_weight", None)
+            validation_batch = kwargs.pop("validation_batch_size", None) or batch
+            stores.append(self._on_disk(split, x, batch, dtype, folder, "train"))
+            train = CachedBatches(stores[-1], y, sample_weight, batch, shuffle=bool(shuffle))
             validation = None
             if validation_data is not None:
-                val_features = self._compute(split, validation_data[0], batch_size, dtype, folder, "validation")
-                validation = (val_features, *validation_data[1:])
-            cut = ", ".join(f"{shape[1:]}" for _, shape in split.cut)
-            yield CachedPhase(
-                split.remainder, features, validation,
-                f"{storage}, {estimate:,} bytes of activations at the frost line {cut}", estimate,
-            )
+                stores.append(self._on_disk(split, validation_data[0], validation_batch, dtype, folder, "validation"))
+                validation = CachedBatches(stores[-1], validation_data[1],
+                                           validation_data[2] if len(validation_data) > 2 else None,
+                                           validation_batch, shuffle=False)
+            yield CachedPhase(split.remainder, train, None, validation, None, kwargs, description, estimate)
         finally:
+            for store in stores:
+                store.close()
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _compute(self, split: FrostSplit, x, batch_size, dtype, folder, label):
-        batch = batch_size or 32
-        if folder is None:
-            out = split.frozen.predict(x, batch_size=batch, verbose=0)
-            outs = out if isinstance(out, list) else [out]
-            outs = [np.asarray(o, dtype=dtype) for o in outs]
-            return outs[0] if len(outs) == 1 else outs
-        n = _length(x)
-        files = [
-            np.lib.format.open_memmap(os.path.join(folder, f"{label}-{i}.npy"), mode="w+", dtype=dtype, shape=(n, *shape[1:]))
-            for i, (_, shape) in enumerate(split.cut)
-        ]
-        for start in range(0, n, self.CHUNK):
-            stop = min(n, start + self.CHUNK)
+    def _in_memory(self, split: FrostSplit, x, batch: int, dtype):
+        out = split.frozen.predict(x, batch_size=batch, verbose=0)
+        outs = [np.asarray(o, dtype=dtype) for o in (out if isinstance(out, list) else [out])]
+        return outs[0] if len(outs) == 1 else outs
+
+    def _on_disk(self, split: FrostSplit, x, batch: int, dtype, folder: str, label: str) -> DiskActivations:
+        n = samples(x)
+        store = DiskActivations(folder, label, [shape[1:] for _, shape in split.cut], dtype, n)
+        per_sample = max(1, store.nbytes // max(n, 1))
+        # At most a quarter of the memory limit at a time, in whole batches.
+        chunk = max(batch, (self.memory_limit // 4 // per_sample) // batch * batch)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
             out = split.frozen.predict(_rows(x, start, stop), batch_size=batch, verbose=0)
-            for f, o in zip(files, out if isinstance(out, list) else [out]):
-                f[start:stop] = o
-        for f in files:
-            f.flush()
-        return files[0] if len(files) == 1 else files
+            store.write(start, out if isinstance(out, list) else [out])
+        return store

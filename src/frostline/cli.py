@@ -98,8 +98,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from frostline.bench import main as bench_main
+    from frostline.bench import main as bench_main, memory_main
 
+    if args.what == "memory":
+        return memory_main(args.rest)
     return bench_main(args.rest)
 
 
@@ -163,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer epochs, for a smoke test")
     demo.set_defaults(handler=_demo)
 
-    bench = commands.add_parser("bench", help="benchmarks: bench cache [flags]", add_help=False)
-    bench.add_argument("what", choices=["cache"], help="cache: the activation cache against plain Keras")
+    bench = commands.add_parser("bench", help="benchmarks: bench cache|memory [flags]", add_help=False)
+    bench.add_argument("what", choices=["cache", "memory"],
+                       help="cache: the activation cache against plain Keras; memory: a disk cache's peak memory")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=_bench)
     return parser

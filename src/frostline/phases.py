@@ -72,9 +72,9 @@ class Phase:
             `mode`, `restore_best_weights`). Defaults to None: all `epochs` run.
         cache: Compute the frozen front of the model once and train the rest on its
             outputs: `"auto"` (default) where that gives the same result, else plain
-            `fit` with the reason on the phase line; `"memory"` or `"disk"` (a
-            memory-mapped file) insist, and are an error where the cache cannot apply;
-            `False` never.
+            `fit` with the reason on the phase line; `"memory"` or `"disk"` (files
+            streamed a batch at a time) insist, and are an error where the cache
+            cannot apply; `False` never.
         cache_dtype: Store cached activations in this dtype, e.g. `"float16"`.
             Defaults to None: as computed.
 
@@ -247,7 +247,7 @@ class FineTune:
         seed: Seeds Python, NumPy and the backend from (seed, epoch) at every epoch,
             which makes runs, and resumed runs, repeatable. Defaults to None.
         cache_memory_limit: With `Phase(cache="auto")`, activations up to this many
-            bytes stay in memory, larger ones go to a memory-mapped file. Defaults to
+            bytes stay in memory, larger ones stream from disk. Defaults to
             1 GiB.
         cache_dir: Where disk caches go. Defaults to `checkpoint_dir/cache`, or a
             temporary folder.
@@ -457,15 +457,15 @@ class FineTune:
                     set_model_lr_multipliers(fit_model, model_lr_multipliers(self.model))
                     sync(fit_model)
                 result = fit_model.fit(
-                    cached.x if cached.model is not None else x,
-                    y,
-                    validation_data=cached.validation if cached.model is not None else validation_data,
-                    batch_size=batch_size,
+                    cached.x,
+                    cached.y,
+                    validation_data=cached.validation,
+                    batch_size=cached.batch_size,
                     epochs=phase_start + phase.epochs,
                     initial_epoch=epoch,
                     callbacks=phase_callbacks,
                     verbose=verbose,
-                    **fit_kwargs,
+                    **cached.fit_kwargs,
                 )
                 if cached.model is not None:
                     sync(self.model)
