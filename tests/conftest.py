@@ -7,6 +7,9 @@ import pytest  # noqa: E402
 
 from model_zoo import MODEL_BUILDERS  # noqa: E402
 
+# Scripts that tests run as separate processes; importing them would set up devices.
+collect_ignore = ["scripts"]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():

@@ -335,3 +335,67 @@ def test_cached_phase_trains_the_same_weights_as_plain_fit(shape):
     assert cached.keys() == plain.keys()
     for key in cached:
         np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit():
+    keras.utils.set_random_seed(0)
+    x, y = data(nested())
+    results = []
+    for cache in ("disk", False):
+        keras.utils.set_random_seed(0)
+        model = nested()
+        run = fl.FineTune(model, [fl.Phase("head", 2, fl.Plan().freeze("base"), cache=cache)],
+                          optimizer=keras.optimizers.Adam(1e-2), loss="mse", cache_memory_limit=64)
+        history = run.fit(x, y, batch_size=4, validation_data=(x[:8], y[:8]), verbose=0, shuffle=False)
+        results.append((values(model), history.history["val_loss"]))
+    (cached, cached_loss), (plain, plain_loss) = results
+    for key in cached:
+        np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(cached_loss, plain_loss, rtol=1e-5)
+
+
+def test_data_parallelism_where_keras_has_it(tmp_path):
+    """JAX: keras.distribution (4 devices: tests/test_distribution.py); TensorFlow: a
+    MirroredStrategy over 2 logical CPUs, in a fresh process; PyTorch: a clear error."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if BACKEND == "torch":
+        with pytest.raises(ValueError, match="needs the JAX backend; Keras does not support it on 'torch'"):
+            fl.data_parallel(2)
+        with pytest.raises(ValueError, match="Keras does not support data parallelism on the 'torch' backend"):
+            fl.FineTune(nested(), [fl.Phase("all", 1)], loss="mse", distribution=object())
+        return
+    if BACKEND == "jax":
+        results = []
+        for distribution in (None, fl.data_parallel(1)):
+            keras.utils.set_random_seed(0)
+            model = nested()
+            x, y = data(model)
+            fl.FineTune(model, [fl.Phase("head", 2, fl.Plan().freeze("base"))], loss="mse",
+                        distribution=distribution).fit(x, y, batch_size=4, verbose=0, shuffle=False)
+            results.append(values(model))
+        for key in results[0]:
+            np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+        return
+    script = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_run.py")
+    done = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(script))
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["replicas"] == 2
+    saved = {name: dict(np.load(tmp_path / f"{name}.npz")) for name in ("single", "mirrored", "mirrored_cached")}
+    for name in ("mirrored", "mirrored_cached"):
+        run = result["runs"][name]
+        assert run["devices"] == 2 and "data parallel over 2 devices" in run["lines"][0]
+        for key, value in saved["single"].items():
+            np.testing.assert_allclose(saved[name][key], value, rtol=1e-4, atol=1e-6, err_msg=f"{name}: {key}")
+        for phase, frozen in run["frozen"].items():
+            for path in frozen:
+                assert np.array_equal(saved[name][f"{phase}|{path}"], saved[name][f"initial|{path}"]), path
+    assert "memory" in result["runs"]["mirrored_cached"]["lines"][1]
+    assert "was made outside the strategy's scope" in result["errors"]["outside_scope"]
+    assert result["errors"]["outside_scope_trainable_kept"] is True
+    assert "On TensorFlow, pass a tf.distribute strategy" in result["errors"]["data_parallel"]

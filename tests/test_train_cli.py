@@ -15,8 +15,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd):
+def run_cli(*args, cwd, devices=None):
     env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env.pop("XLA_FLAGS", None)
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run([sys.executable, "-m", "frostline", *map(str, args)], capture_output=True, text=True,
                           timeout=600, env=env, cwd=cwd)
 
@@ -106,6 +109,9 @@ def test_resume_after_a_finished_run_and_a_changed_config(workdir):
         ({"head.classes": 0}, "head.classes: Input should be greater than 0"),
         ({"phases": []}, "phases: Tuple should have at least 1 item"),
         ({"phases.0.early_stopping": {"patiense": 2}}, "phases[0].early_stopping: not an argument of keras.callbacks.EarlyStopping"),
+        ({"distribution": {"data_parallel": 2}}, "distribution.data_parallel: Asked for 2 devices; this machine has 1"),
+        ({"distribution": {"data_parallel": 0}}, "distribution.data_parallel: expected a positive device count or 'auto'"),
+        ({"distribution": {"data_paralel": 2}}, "distribution.data_paralel: unknown key"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(workdir, changes, message):
@@ -138,4 +144,23 @@ def test_image_folder_with_an_applications_base(workdir):
 def test_resume_without_a_checkpoint_writes_nothing(workdir):
     result = run_cli("train", write(workdir, config()), "--resume", cwd=workdir)
     assert result.returncode == 2 and "No checkpoint to resume from" in result.stderr
+    assert not (workdir / "run").exists()
+
+
+def test_train_data_parallel_over_four_devices(workdir):
+    result = run_cli("train", write(workdir, config(distribution={"data_parallel": 4})), "--quiet", cwd=workdir,
+                     devices=4)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("data parallel over 4 devices") == 2
+    assert (workdir / "run" / "model.keras").is_file()
+    rows = list(csv.DictReader((workdir / "run" / "history.csv").read_text().splitlines()))
+    assert len(rows) == 3
+
+
+def test_train_batch_that_devices_cannot_split_writes_nothing(workdir):
+    data = config(distribution={"data_parallel": "auto"}, **{"data.batch_size": 6})
+    result = run_cli("train", write(workdir, data), cwd=workdir, devices=4)
+    assert result.returncode == 2
+    assert "distribution.data_parallel: batch_size=6 cannot be split over 4 devices: expected a multiple of 4, e.g. 4 or 8" \
+        in result.stderr
     assert not (workdir / "run").exists()

@@ -9,6 +9,7 @@ from frostline.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
 from frostline.cache import FrostSplit, NotCacheable, frost_split  # noqa: E402
 from frostline.checkpoint import CheckpointError  # noqa: E402
 from frostline.config import ConfigError  # noqa: E402
+from frostline.distribute import data_parallel  # noqa: E402
 from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
 from frostline.guard import FreezeGuard  # noqa: E402
 from frostline import schedules  # noqa: E402
@@ -65,6 +66,7 @@ __all__ = [
     "VariableDecision",
     "applied_plan",
     "apply",
+    "data_parallel",
     "fingerprint",
     "frost_split",
     "load_model",

@@ -311,6 +311,8 @@ class ActivationCache:
     def _reason_not_to_cache(self, phase, x, y, validation_data, fit_kwargs) -> str | None:
         if phase.epochs == 1:
             return "a phase of one epoch computes each activation once anyway."
+        if self.runner._distributed.processes > 1:
+            return "the run spans several processes, and Keras's predict cannot gather activations across hosts."
         if not _is_arrays(x) or not isinstance(y, np.ndarray):
             return "the data is not arrays: a generator or dataset may give different batches each epoch."
         if validation_data is not None and not (

@@ -23,6 +23,8 @@ loss: sparse_categorical_crossentropy
 metrics: [accuracy]
 output: runs/exp1
 seed: 0
+distribution:                     # optional: data parallel (JAX)
+  data_parallel: auto             # a device count, or auto for all devices
 ```
 """
 
@@ -127,6 +129,19 @@ class PhaseSpec(_Strict):
         return Plan.from_dict(self.plan or {"rules": []})
 
 
+class DistributionSpec(_Strict):
+    """Data-parallel training over several devices (`frostline.data_parallel`)."""
+
+    data_parallel: int | Literal["auto"] = Field(default="auto")
+
+    @field_validator("data_parallel")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"expected a positive device count or 'auto'; received {value!r}")
+        return value
+
+
 class TrainConfig(_Strict):
     """The whole `frostline train` configuration."""
 
@@ -139,6 +154,7 @@ class TrainConfig(_Strict):
     metrics: tuple[str, ...] = ("accuracy",)
     output: str
     seed: int | None = 0
+    distribution: DistributionSpec | None = None
 
 
 def _location(loc: tuple) -> str:

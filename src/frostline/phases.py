@@ -13,7 +13,8 @@ import keras
 import numpy as np
 
 from frostline.apply import apply, sync
-from frostline.cache import ActivationCache
+from frostline.cache import ActivationCache, samples
+from frostline.distribute import DistributedRun
 from frostline.optim import model_lr_multipliers, set_model_lr_multipliers
 from frostline.checkpoint import CheckpointError, config_differences, load_into, read_latest, write_checkpoint
 from frostline.plan import Plan
@@ -206,7 +207,7 @@ class _Record(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         runner = self.runner
         runner._records.append([epoch, {k: float(v) for k, v in (logs or {}).items()}])
-        if runner.checkpoint_dir is None:
+        if runner.checkpoint_dir is None or not runner._distributed.is_chief:
             return
         state = {
             "epoch_done": epoch + 1,
@@ -251,6 +252,11 @@ class FineTune:
             1 GiB.
         cache_dir: Where disk caches go. Defaults to `checkpoint_dir/cache`, or a
             temporary folder.
+        distribution: Train data-parallel: a `keras.distribution.DataParallel` on JAX
+            (`frostline.data_parallel(4)`), or a `tf.distribute` strategy on TensorFlow
+            (build the model under its scope). A model built without it is copied onto
+            the devices. Each batch is split over the devices, so `batch_size` (and
+            the last batch) must divide by their number. Defaults to None: one device.
         compile_kwargs: Other arguments of `model.compile`. Defaults to None.
 
     Example:
@@ -279,6 +285,7 @@ class FineTune:
         seed: int | None = None,
         cache_memory_limit: int = 2**30,
         cache_dir: str | os.PathLike[str] | None = None,
+        distribution: Any = None,
         compile_kwargs: Mapping[str, Any] | None = None,
     ):
         phases = list(phases)
@@ -293,7 +300,9 @@ class FineTune:
             raise ValueError(f"Expected distinct phase names. Received {duplicated} more than once.")
         self.model = model
         self.phases = phases
-        self.optimizer = keras.optimizers.get(optimizer)
+        self._distributed = DistributedRun(distribution)
+        with self._distributed.scope():  # TensorFlow places variables where they are made
+            self.optimizer = keras.optimizers.get(optimizer)
         self.loss = loss
         self.metrics = metrics
         self.compile_kwargs = dict(compile_kwargs or {})
@@ -368,6 +377,7 @@ class FineTune:
             f"phase {index + 1}/{len(self.phases)} '{phase.name}': {report.totals_line} · "
             f"frozen: {described} · learning rate {lr_text} · up to {phase.epochs} "
             + ("epoch" if phase.epochs == 1 else "epochs")
+            + (f" · {self._distributed.describe()}" if self._distributed.replicas > 1 else "")
         )
 
     def fit(
@@ -410,15 +420,53 @@ class FineTune:
             A `keras.callbacks.History`; `history.phases` lists each phase's `name`,
             `start_epoch` and `epochs` run.
         """
+        self.check(x, y, validation_data=validation_data, batch_size=batch_size, resume=resume, **fit_kwargs)
+        if phase_lines is None:
+            phase_lines = verbose != 0
+        with self._distributed.scope():
+            return self._fit(x, y, validation_data, batch_size, callbacks, verbose, resume, phase_lines, fit_kwargs)
+
+    def check(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        batch_size: int | None = None,
+        resume: bool = False,
+        **fit_kwargs: Any,
+    ) -> None:
+        """Raises the error `fit` would raise for these arguments before training
+        starts, without running or writing anything.
+
+        Raises:
+            TypeError: for `epochs` or `initial_epoch`, which the phases set.
+            ValueError: for `resume=True` without a `checkpoint_dir`, or, with a
+                `distribution` and array inputs, a batch size (or a last batch) that
+                the devices cannot split equally, or arrays that Keras would try to
+                split over several hosts.
+        """
         for key in ("epochs", "initial_epoch"):
             if key in fit_kwargs:
                 raise TypeError(f"FineTune.fit sets {key!r} from the phases; do not pass it. Received: {key}={fit_kwargs[key]!r}")
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir to resume from. Received: checkpoint_dir=None")
-        if phase_lines is None:
-            phase_lines = verbose != 0
+        # Datasets and generators bring their own batches, which cannot be seen here.
+        if samples(x) is not None:
+            self._distributed.check_arrays()
+            self._distributed.check_batches(samples(x), batch_size, "training data")
+        if isinstance(validation_data, (tuple, list)) and validation_data and samples(validation_data[0]) is not None:
+            self._distributed.check_batches(
+                samples(validation_data[0]), fit_kwargs.get("validation_batch_size") or batch_size, "validation data"
+            )
+
+    def _state_variables(self, model: keras.Model) -> list:
+        return list(model.variables) + list(model.metrics_variables) + list(self.optimizer.variables)
+
+    def _fit(self, x, y, validation_data, batch_size, callbacks, verbose, resume, phase_lines, fit_kwargs):
         self._run_config = self.config(batch_size=batch_size, shuffle=fit_kwargs.get("shuffle", True))
         self._compile()
+        self._distributed.place(self._state_variables(self.model))
         self._records, self._phases_run = [], []
         start_phase, epoch, offset, resumed_start = 0, 0, None, None
         if resume:
@@ -432,6 +480,7 @@ class FineTune:
             phase_start = resumed_start if index == start_phase and resumed_start is not None else epoch
             report = apply(self.model, phase.plan)
             self.reports[phase.name] = report
+            self._distributed.place(self._state_variables(self.model))
             self._set_learning_rate(phase, offset)
             phase_iterations = offset if offset is not None else int(keras.ops.convert_to_numpy(self.optimizer._iterations))
             offset = None
@@ -456,6 +505,7 @@ class FineTune:
                     # learning-rate multipliers kept.
                     set_model_lr_multipliers(fit_model, model_lr_multipliers(self.model))
                     sync(fit_model)
+                    self._distributed.place(self._state_variables(fit_model))
                 result = fit_model.fit(
                     cached.x,
                     cached.y,

@@ -19,6 +19,7 @@ import yaml
 from frostline.apply import scoped
 from frostline.checkpoint import read_latest
 from frostline.config import ConfigError, TrainConfig
+from frostline.distribute import data_parallel
 from frostline.errors import PlanError
 from frostline.phases import FineTune, Phase
 from frostline.plots import plot_frost_lines, plot_history
@@ -138,6 +139,15 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         raise ConfigError(f"optimizer: {e}") from None
 
 
+def _distribution(config: TrainConfig):
+    if config.distribution is None:
+        return None
+    try:
+        return data_parallel(config.distribution.data_parallel)
+    except ValueError as e:
+        raise ConfigError(f"distribution.data_parallel: {e}") from None
+
+
 def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | int = "auto") -> dict[str, str]:
     """Builds, validates and trains; writes the output folder.
 
@@ -149,15 +159,21 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     model = build_model(config)
     phases = validate_plans(model, config)
     optimizer = _optimizer(config)
+    distribution = _distribution(config)
     x, y, validation = load_data(config)
     out = config.output
     if resume:
         read_latest(os.path.join(out, "checkpoints"))  # no checkpoint: say so before writing
+    run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
+                   checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed, distribution=distribution)
+    batch = config.data.batch_size if config.data.npz is not None else None
+    try:
+        run._distributed.check_batches(None, config.data.batch_size, "training data")
+        run.check(x, y, validation_data=validation, batch_size=batch)
+    except ValueError as e:
+        raise ConfigError(f"distribution.data_parallel: {e}") from None
     # Everything is valid: only now is anything written.
     os.makedirs(out, exist_ok=True)
-    run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
-                   checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed)
-    batch = config.data.batch_size if config.data.npz is not None else None
     history = run.fit(x, y, validation_data=validation, batch_size=batch, verbose=verbose, resume=resume,
                       phase_lines=True)
     files = {
