@@ -396,6 +396,9 @@ def test_data_parallelism_where_keras_has_it(tmp_path):
             for path in frozen:
                 assert np.array_equal(saved[name][f"{phase}|{path}"], saved[name][f"initial|{path}"]), path
     assert "memory" in result["runs"]["mirrored_cached"]["lines"][1]
+    resumed = dict(np.load(tmp_path / "resumed.npz"))
+    for key in resumed:  # interrupted in phase 2 and resumed: the uninterrupted weights
+        np.testing.assert_allclose(resumed[key], saved["mirrored_cached"][key], rtol=1e-5, atol=1e-7, err_msg=key)
     assert "was made outside the strategy's scope" in result["errors"]["outside_scope"]
     assert result["errors"]["outside_scope_trainable_kept"] is True
     assert "On TensorFlow, pass a tf.distribute strategy" in result["errors"]["data_parallel"]

@@ -1,5 +1,10 @@
 """The frost-line split and the activation cache: same result as plain fit, or a reason."""
 
+import os
+import re
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -168,35 +173,22 @@ def test_auto_goes_to_disk_above_the_memory_limit(capsys):
     assert "cache: disk, 800 bytes" in capsys.readouterr().out
 
 
-def test_bench_cache_runs_and_ends_with_its_machine_readable_line():
-    import os
-    import re
-    import subprocess
-    import sys
-
+def run_bench(*args):
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run(
-        [sys.executable, "-m", "frostline", "bench", "cache", "--images", "16", "--image-size", "32",
-         "--epochs", "2", "--unfrozen-epochs", "1"],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
+    return subprocess.run([sys.executable, "-m", "frostline", "bench", *args], capture_output=True, text=True,
+                          timeout=900, env=env)
+
+
+def test_bench_cache_runs_and_ends_with_its_machine_readable_line():
+    result = run_bench("cache", "--images", "16", "--image-size", "32", "--epochs", "2", "--unfrozen-epochs", "1",
+                       "--repeats", "2")
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"speedup=\d+\.\d\d floor_ratio=\d+\.\d{3} unfrozen_overhead=\d+\.\d{3} cache_bytes=\d+", last), last
 
 
 def test_bench_memory_runs_four_processes_and_reports_their_peaks():
-    import os
-    import re
-    import subprocess
-    import sys
-
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run(
-        [sys.executable, "-m", "frostline", "bench", "memory", "--samples", "2000", "--width", "512",
-         "--memory-limit-mb", "1", "--epochs", "2"],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
+    result = run_bench("memory", "--samples", "2000", "--width", "512", "--memory-limit-mb", "1", "--epochs", "2")
     assert result.returncode in (0, 1), result.stderr  # 1: the peak grew; machine noise at this size
     values = dict(item.split("=") for item in result.stdout.strip().splitlines()[-1].split())
     assert int(values["cache_bytes"]) == 2000 * 512 * 4 and int(values["disk_4x_cache_bytes"]) == 4 * 2000 * 512 * 4

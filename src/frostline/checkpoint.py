@@ -43,7 +43,9 @@ def _fsync_directory(path: str) -> None:
 
 
 def _save_npz(path: str, variables: list) -> None:
-    arrays = {f"v{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(variables)}
+    # The variable, not v.value: under a tf.distribute scope NumPy cannot read a mirrored
+    # optimizer variable's raw value.
+    arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
     with open(path, "wb") as f:
         np.savez(f, **arrays)
         f.flush()

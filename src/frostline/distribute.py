@@ -167,11 +167,14 @@ class DistributedRun:
 
     @property
     def is_chief(self) -> bool:
-        """Whether this process writes checkpoints (process 0, or the only one)."""
+        """Whether this process writes checkpoints (process 0, the strategy's chief, or
+        the only one)."""
         if self.kind == "keras":
             import jax
 
             return jax.process_index() == 0
+        if self.kind == "tf":
+            return bool(self.distribution.extended.should_checkpoint)
         return True
 
     def describe(self) -> str:

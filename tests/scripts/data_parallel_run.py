@@ -20,26 +20,7 @@ import sys  # noqa: E402
 import frostline as fl  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from two_phase import StopAfter, build, data, phases, run  # noqa: E402
-
-
-def resumed(out: str, result: dict) -> None:
-    """Under DataParallel: interrupted after epoch 4 (in phase 2), then resumed."""
-    x, y, validation = data()
-    checkpoints = os.path.join(out, "checkpoints")
-    for attempt in ("interrupted", "resumed"):
-        model = build()
-        runner = fl.FineTune(model, phases("auto"), optimizer="adam",
-                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                             distribution=fl.data_parallel(4), checkpoint_dir=checkpoints, seed=5)
-        try:
-            runner.fit(x, y, validation_data=validation, batch_size=16, shuffle=False, verbose=0,
-                       callbacks=[StopAfter(4)] if attempt == "interrupted" else None,
-                       resume=attempt == "resumed")
-        except KeyboardInterrupt:
-            continue
-    np.savez(os.path.join(out, "resumed.npz"),
-             **{f"2|{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.weights})
+from two_phase import build, data, phases, resumed, run  # noqa: E402
 
 
 def bad_input(out: str, result: dict) -> None:
@@ -79,7 +60,7 @@ def main(out: str) -> None:
     }
     for name, model in runs.items():
         result["runs"][name]["devices"] = len(model.weights[0].value.sharding.device_set)
-    resumed(out, result)
+    resumed(out, fl.data_parallel(4))
     bad_input(out, result)
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)

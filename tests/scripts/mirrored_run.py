@@ -4,9 +4,10 @@ logical CPU devices.
     python mirrored_run.py OUT_DIR
 
 Must start a fresh process: TensorFlow fixes its logical devices when it starts. Saves
-each run's weights after every phase to OUT_DIR/<run>.npz and OUT_DIR/result.json (the
-runs' frozen variables, phase lines and replica counts, and the error for a model built
-outside the strategy's scope).
+each run's weights after every phase to OUT_DIR/<run>.npz, the weights of a run
+interrupted in phase 2 and resumed from its checkpoint to OUT_DIR/resumed.npz, and
+OUT_DIR/result.json (the runs' frozen variables, phase lines and replica counts, and the
+error for a model built outside the strategy's scope).
 """
 
 import os
@@ -24,7 +25,7 @@ tf.config.set_logical_device_configuration(
 
 import frostline as fl  # noqa: E402
 import keras  # noqa: E402
-from two_phase import build, data, phases, run  # noqa: E402
+from two_phase import build, data, phases, resumed, run  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -32,8 +33,9 @@ def main(out: str) -> None:
     result = {"replicas": strategy.num_replicas_in_sync, "runs": {}, "errors": {}}
     run("single", out, result, cache=False)
     for name, cache in (("mirrored", False), ("mirrored_cached", "auto")):
-        model = run(name, out, result, distribution=strategy, cache=cache, build_scope=strategy.scope())
+        model = run(name, out, result, distribution=strategy, cache=cache, build_scope=strategy.scope)
         result["runs"][name]["devices"] = len(model.weights[0].value.values)
+    resumed(out, strategy, build_scope=strategy.scope)
     outside = build()
     x, y, _ = data()
     try:

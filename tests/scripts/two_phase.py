@@ -79,7 +79,7 @@ def run(name: str, out: str, result: dict, *, distribution=None, cache="auto", b
     """One two-phase run; saves its weights after each phase and records its frozen
     variables and phase lines in `result["runs"][name]`. Returns the model."""
     x, y, validation = data()
-    with build_scope or contextlib.nullcontext():
+    with build_scope() if build_scope else contextlib.nullcontext():
         model = build()
     store = {f"initial|{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.weights}
     frozen: dict = {}
@@ -93,3 +93,24 @@ def run(name: str, out: str, result: dict, *, distribution=None, cache="auto", b
     np.savez(os.path.join(out, f"{name}.npz"), **store)
     result["runs"][name] = {"frozen": frozen, "lines": lines.getvalue().splitlines()}
     return model
+
+
+def resumed(out: str, distribution, build_scope=None) -> None:
+    """Interrupted after epoch 4 (in phase 2), then resumed from its checkpoint; saves the
+    final weights to OUT/resumed.npz."""
+    x, y, validation = data()
+    checkpoints = os.path.join(out, "checkpoints")
+    for attempt in ("interrupted", "resumed"):
+        with build_scope() if build_scope else contextlib.nullcontext():
+            model = build()
+        runner = fl.FineTune(model, phases("auto"), optimizer="adam",
+                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                             distribution=distribution, checkpoint_dir=checkpoints, seed=5)
+        try:
+            runner.fit(x, y, validation_data=validation, batch_size=16, shuffle=False, verbose=0,
+                       callbacks=[StopAfter(4)] if attempt == "interrupted" else None,
+                       resume=attempt == "resumed")
+        except KeyboardInterrupt:
+            continue
+    np.savez(os.path.join(out, "resumed.npz"),
+             **{f"2|{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.weights})
