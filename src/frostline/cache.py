@@ -297,8 +297,8 @@ class ActivationCache:
 
     Args:
         runner: The `FineTune` (its model, loss, optimizer and distribution are used).
-        memory_limit: Bytes under which `"auto"` keeps activations in memory; also the
-            most a disk cache computes at once.
+        memory_limit: Bytes under which `"auto"` keeps activations in memory; a disk
+            cache computes at most a quarter of it at a time.
         directory: Where disk caches go; None: the runner's checkpoint folder, or a
             temporary one.
     """
@@ -410,8 +410,12 @@ class ActivationCache:
         per_sample = max(1, store.nbytes // max(n, 1))
         # At most a quarter of the memory limit at a time, in whole batches.
         chunk = max(batch, (self.memory_limit // 4 // per_sample) // batch * batch)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            out = split.frozen.predict(_rows(x, start, stop), batch_size=batch, verbose=0)
-            store.write(start, out if isinstance(out, list) else [out])
+        try:
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                out = split.frozen.predict(_rows(x, start, stop), batch_size=batch, verbose=0)
+                store.write(start, out if isinstance(out, list) else [out])
+        except BaseException:
+            store.close()
+            raise
         return store
