@@ -400,5 +400,5 @@ def test_data_parallelism_where_keras_has_it(tmp_path):
     for key in resumed:  # interrupted in phase 2 and resumed: the uninterrupted weights
         np.testing.assert_allclose(resumed[key], saved["mirrored_cached"][key], rtol=1e-5, atol=1e-7, err_msg=key)
     assert "was made outside the strategy's scope" in result["errors"]["outside_scope"]
-    assert result["errors"]["outside_scope_trainable_kept"] is True
+    assert result["errors"]["outside_scope_untouched"] is True
     assert "On TensorFlow, pass a tf.distribute strategy" in result["errors"]["data_parallel"]

@@ -100,7 +100,8 @@ def test_bad_input_under_data_parallel_is_refused_before_training(runs):
     assert "batch_size=10 cannot be split over 4 devices" in errors["batch_not_divisible"]
     assert "8 or 12" in errors["batch_not_divisible"]
     assert "62 samples, so its last batch has 14" in errors["last_batch_not_divisible"]
-    for name in ("batch_not_divisible", "last_batch_not_divisible"):
+    assert "The training data has 57 samples, so its last batch has 9" in errors["validation_split_not_divisible"]
+    for name in ("batch_not_divisible", "last_batch_not_divisible", "validation_split_not_divisible"):
         assert errors[name + "_wrote"] is False
         assert errors[name + "_weights_kept"] is True
         assert errors[name + "_trainable_kept"] is True
@@ -158,5 +159,7 @@ def test_two_processes_train_as_one_process_on_all_their_devices(tmp_path):
     assert "data parallel over 4 devices" in outputs[0][0]
     assert "the run spans several processes" in outputs[0][0]  # the cache steps aside, saying why
     assert (tmp_path / "checkpoints-shared" / "latest").read_text().strip() == "epoch-00005"
+    # Process 0 wrote a checkpoint after each of the 5 epochs; process 1 wrote none.
+    assert [(tmp_path / f"{i}-checkpoint-writes.txt").read_text() for i in (0, 1)] == ["5", "0"]
     for i in (0, 1):
         assert "Give each process its own part of the data" in (tmp_path / f"{i}-auto-shard-error.txt").read_text()

@@ -205,16 +205,27 @@ class DistributedRun:
                     v._layout = self.distribution.get_variable_layout(v)
                     v._direct_assign(v.value)
         elif self.kind == "tf":
-            strategy = self.distribution
-            for v in variables:
-                inner = getattr(v, "_value", v)
-                if not strategy.extended.variable_created_in_scope(inner):
-                    raise ValueError(
-                        f"Variable {v.path!r} was made outside the strategy's scope; TensorFlow "
-                        "cannot move it onto the strategy's devices. Build the model (and an "
-                        "optimizer you pass) under `with strategy.scope():` and pass the same "
-                        "strategy as distribution=."
-                    )
+            self.check_variables(variables)
+
+    def check_variables(self, variables: Sequence[keras.Variable]) -> None:
+        """On TensorFlow, refuses variables made outside the strategy's scope, which
+        TensorFlow cannot move onto the strategy's devices; elsewhere does nothing.
+
+        Raises:
+            ValueError: naming the first such variable and saying where to build it.
+        """
+        if self.kind != "tf":
+            return
+        strategy = self.distribution
+        for v in variables:
+            inner = getattr(v, "_value", v)
+            if not strategy.extended.variable_created_in_scope(inner):
+                raise ValueError(
+                    f"Variable {v.path!r} was made outside the strategy's scope; TensorFlow "
+                    "cannot move it onto the strategy's devices. Build the model (and an "
+                    "optimizer you pass) under `with strategy.scope():` and pass the same "
+                    "strategy as distribution=."
+                )
 
     def check_arrays(self) -> None:
         """Refuses NumPy inputs that Keras would try to split over several hosts.

@@ -415,6 +415,10 @@ class FineTune:
             CheckpointError: with `resume=True`, when there is no checkpoint or it was
                 written by a run with a different configuration (the message lists
                 which fields differ).
+            TypeError, ValueError: before anything runs or is written, for what
+                `check` refuses: `epochs` or `initial_epoch` passed, `resume=True`
+                without a `checkpoint_dir`, and, with a `distribution`, batches the
+                devices cannot split or variables TensorFlow cannot place.
 
         Returns:
             A `keras.callbacks.History`; `history.phases` lists each phase's `name`,
@@ -443,18 +447,31 @@ class FineTune:
             TypeError: for `epochs` or `initial_epoch`, which the phases set.
             ValueError: for `resume=True` without a `checkpoint_dir`, or, with a
                 `distribution` and array inputs, a batch size (or a last batch) that
-                the devices cannot split equally, or arrays that Keras would try to
-                split over several hosts.
+                the devices cannot split equally (with `validation_split`, in
+                either part), arrays that Keras would try to split over several
+                hosts, or, on TensorFlow, a model or optimizer made outside the
+                strategy's scope.
         """
         for key in ("epochs", "initial_epoch"):
             if key in fit_kwargs:
                 raise TypeError(f"FineTune.fit sets {key!r} from the phases; do not pass it. Received: {key}={fit_kwargs[key]!r}")
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir to resume from. Received: checkpoint_dir=None")
+        self._distributed.check_variables(list(self.model.variables) + list(self.optimizer.variables))
         # Datasets and generators bring their own batches, which cannot be seen here.
         if samples(x) is not None:
             self._distributed.check_arrays()
-            self._distributed.check_batches(samples(x), batch_size, "training data")
+            n = samples(x)
+            split = fit_kwargs.get("validation_split") or 0.0
+            if split and validation_data is None:
+                # Where Keras cuts: the first floor(n * (1 - split)) samples train.
+                cut = int(math.floor(n * (1.0 - split)))
+                self._distributed.check_batches(cut, batch_size, "training data")
+                self._distributed.check_batches(
+                    n - cut, fit_kwargs.get("validation_batch_size") or batch_size, "validation split"
+                )
+            else:
+                self._distributed.check_batches(n, batch_size, "training data")
         if isinstance(validation_data, (tuple, list)) and validation_data and samples(validation_data[0]) is not None:
             self._distributed.check_batches(
                 samples(validation_data[0]), fit_kwargs.get("validation_batch_size") or batch_size, "validation data"

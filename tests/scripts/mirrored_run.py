@@ -43,7 +43,10 @@ def main(out: str) -> None:
             x, y, batch_size=16, verbose=0)
     except ValueError as e:
         result["errors"]["outside_scope"] = str(e)
-    result["errors"]["outside_scope_trainable_kept"] = all(l.trainable for l in outside._flatten_layers())
+    # Refused before anything changed: not compiled by the runner, no flag set.
+    result["errors"]["outside_scope_untouched"] = (
+        not outside.compiled and all(l.trainable for l in outside._flatten_layers())
+    )
     try:
         fl.data_parallel(2)
     except ValueError as e:
