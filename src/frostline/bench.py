@@ -172,7 +172,7 @@ def _memory_child(mode: str, samples: int, features: int, width: int, epochs: in
     base = keras.Sequential([keras.Input((features,)), keras.layers.Dense(width, activation="relu", name="expand")],
                             name="base")
     model = keras.Sequential([keras.Input((features,)), base, keras.layers.Dense(10, name="head")], name="wide")
-    cache = {"plain": False, "disk": "auto", "memory": "memory"}[mode]
+    cache = {"plain": False, "disk": "disk", "memory": "memory"}[mode]
     run = FineTune(model, [Phase("head", epochs, Plan().freeze("base"), cache=cache)],
                    optimizer=keras.optimizers.Adam(1e-3),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

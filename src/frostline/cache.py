@@ -186,7 +186,7 @@ def _read_exactly(fd: int, view: memoryview, position: int) -> None:
 
 class DiskActivations:
     """Activations in `.npy` files, written a chunk at a time and read a batch at a time
-    with plain file reads. Nothing is memory-mapped, so the process holds only the
+    with plain file reads. No file is memory-mapped, so the process holds only the
     batches in flight however large the files grow; the operating system's file cache
     (which gives memory back under pressure) does the rest.
 
@@ -206,13 +206,17 @@ class DiskActivations:
         self._row_bytes = [int(np.prod(shape)) * self.dtype.itemsize for shape in self.shapes]
         self._offsets = []
         self._fds = []
-        for path, shape in zip(self.paths, self.shapes):
-            with open(path, "wb") as f:
-                header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                          "shape": (count, *shape)}
-                np.lib.format.write_array_header_2_0(f, header)
-                self._offsets.append(f.tell())
-            self._fds.append(os.open(path, os.O_RDWR))
+        try:
+            for path, shape in zip(self.paths, self.shapes):
+                with open(path, "wb") as f:
+                    header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                              "shape": (count, *shape)}
+                    np.lib.format.write_array_header_2_0(f, header)
+                    self._offsets.append(f.tell())
+                self._fds.append(os.open(path, os.O_RDWR))
+        except BaseException:
+            self.close()  # the files opened before the one that failed
+            raise
 
     @property
     def nbytes(self) -> int:
@@ -298,7 +302,8 @@ class ActivationCache:
     Args:
         runner: The `FineTune` (its model, loss, optimizer and distribution are used).
         memory_limit: Bytes under which `"auto"` keeps activations in memory; a disk
-            cache computes at most a quarter of it at a time.
+            cache computes as many whole batches at a time as fit in a quarter of it
+            (at least one).
         directory: Where disk caches go; None: the runner's checkpoint folder, or a
             temporary one.
     """
@@ -408,7 +413,7 @@ class ActivationCache:
         n = samples(x)
         store = DiskActivations(folder, label, [shape[1:] for _, shape in split.cut], dtype, n)
         per_sample = max(1, store.nbytes // max(n, 1))
-        # At most a quarter of the memory limit at a time, in whole batches.
+        # Whole batches, as many as fit in a quarter of the memory limit, at least one.
         chunk = max(batch, (self.memory_limit // 4 // per_sample) // batch * batch)
         try:
             for start in range(0, n, chunk):
