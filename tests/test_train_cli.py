@@ -148,19 +148,27 @@ def test_resume_without_a_checkpoint_writes_nothing(workdir):
 
 
 def test_train_data_parallel_over_four_devices(workdir):
-    result = run_cli("train", write(workdir, config(distribution={"data_parallel": 4})), "--quiet", cwd=workdir,
-                     devices=4)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("data parallel over 4 devices") == 2
-    assert (workdir / "run" / "model.keras").is_file()
-    rows = list(csv.DictReader((workdir / "run" / "history.csv").read_text().splitlines()))
-    assert len(rows) == 3
+    # The same config on one device and over 4 (no dropout: its masks are drawn per device).
+    weights = {}
+    for name, extra in (("single", {}), ("parallel", {"distribution": {"data_parallel": 4}})):
+        path = workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config(**extra, **{"head.dropout": 0.0, "output": name})))
+        result = run_cli("train", path, "--quiet", cwd=workdir, devices=4)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("data parallel over 4 devices") == (2 if name == "parallel" else 0)
+        rows = list(csv.DictReader((workdir / name / "history.csv").read_text().splitlines()))
+        assert len(rows) == 3
+        model = keras.saving.load_model(workdir / name / "model.keras")
+        weights[name] = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights}
+    assert weights["single"].keys() == weights["parallel"].keys()
+    for path, value in weights["single"].items():
+        np.testing.assert_allclose(weights["parallel"][path], value, rtol=1e-4, atol=1e-6, err_msg=path)
 
 
 def test_train_batch_that_devices_cannot_split_writes_nothing(workdir):
     data = config(distribution={"data_parallel": "auto"}, **{"data.batch_size": 6})
     result = run_cli("train", write(workdir, data), cwd=workdir, devices=4)
     assert result.returncode == 2
-    assert "distribution.data_parallel: batch_size=6 cannot be split over 4 devices: expected a multiple of 4, e.g. 4 or 8" \
-        in result.stderr
+    assert "data.batch_size: batch_size=6 cannot be split over 4 devices: expected a multiple of 4, e.g. 4 or 8 " \
+           "(with distribution.data_parallel: auto)." in result.stderr
     assert not (workdir / "run").exists()

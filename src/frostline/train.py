@@ -171,7 +171,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
         run._distributed.check_batches(None, config.data.batch_size, "training data")
         run.check(x, y, validation_data=validation, batch_size=batch)
     except ValueError as e:
-        raise ConfigError(f"distribution.data_parallel: {e}") from None
+        where = f" (with distribution.data_parallel: {config.distribution.data_parallel})" if config.distribution else ""
+        raise ConfigError(f"data.batch_size: {str(e).rstrip('.')}{where}.") from None
     # Everything is valid: only now is anything written.
     os.makedirs(out, exist_ok=True)
     history = run.fit(x, y, validation_data=validation, batch_size=batch, verbose=verbose, resume=resume,

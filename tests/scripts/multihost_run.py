@@ -9,7 +9,8 @@ Each process has 2 virtual CPU devices and joins the other through
 batch of 8. The reference runs the same global batches on 4 devices in one process.
 Each saves its final weights to OUT_DIR/<process id or "reference">.npz; each of the two
 processes also writes the error for NumPy arrays with Keras's auto-sharding left on to
-OUT_DIR/<process id>-auto-shard-error.txt.
+OUT_DIR/<process id>-auto-shard-error.txt, and every run the number of checkpoints it
+wrote to OUT_DIR/<who>-checkpoint-writes.txt.
 """
 
 import os
@@ -60,7 +61,14 @@ def main() -> None:
         except ValueError as e:
             with open(os.path.join(out, f"{who}-auto-shard-error.txt"), "w") as f:
                 f.write(str(e))
+    # Count the checkpoints this process writes (each call still writes).
+    import frostline.phases
+
+    writes, write = [], frostline.phases.write_checkpoint
+    frostline.phases.write_checkpoint = lambda *a, **k: (writes.append(1), write(*a, **k))[1]
     run.fit(xs, ys, batch_size=batch, verbose=0, shuffle=False, phase_lines=True)
+    with open(os.path.join(out, f"{who}-checkpoint-writes.txt"), "w") as f:
+        f.write(str(len(writes)))
     np.savez(os.path.join(out, f"{who}.npz"), **{v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights})
 
 

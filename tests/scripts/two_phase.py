@@ -55,7 +55,8 @@ class Snapshot(keras.callbacks.Callback):
 
 
 class StopAfter(keras.callbacks.Callback):
-    """Interrupts the run as epoch `epoch` ends (its checkpoint is already written)."""
+    """Interrupts the run as epoch `epoch` ends, before that epoch's checkpoint is
+    written (the user's callbacks run first): a resume starts from the epoch before."""
 
     def __init__(self, epoch: int):
         super().__init__()
