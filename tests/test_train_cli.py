@@ -151,8 +151,7 @@ def test_train_data_parallel_over_four_devices(workdir):
     # The same config on one device and over 4 (no dropout: its masks are drawn per device).
     weights = {}
     for name, extra in (("single", {}), ("parallel", {"distribution": {"data_parallel": 4}})):
-        path = workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config(**extra, **{"head.dropout": 0.0, "output": name})))
+        path = write(workdir, config(**extra, **{"head.dropout": 0.0, "output": name}), f"{name}.yaml")
         result = run_cli("train", path, "--quiet", cwd=workdir, devices=4)
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("data parallel over 4 devices") == (2 if name == "parallel" else 0)

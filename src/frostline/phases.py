@@ -459,6 +459,7 @@ class FineTune:
             raise ValueError("resume=True needs a checkpoint_dir to resume from. Received: checkpoint_dir=None")
         self._distributed.check_variables(list(self.model.variables) + list(self.optimizer.variables))
         # Datasets and generators bring their own batches, which cannot be seen here.
+        validation_batch = fit_kwargs.get("validation_batch_size") or batch_size
         if samples(x) is not None:
             self._distributed.check_arrays()
             n = samples(x)
@@ -467,15 +468,11 @@ class FineTune:
                 # Where Keras cuts: the first floor(n * (1 - split)) samples train.
                 cut = int(math.floor(n * (1.0 - split)))
                 self._distributed.check_batches(cut, batch_size, "training data")
-                self._distributed.check_batches(
-                    n - cut, fit_kwargs.get("validation_batch_size") or batch_size, "validation split"
-                )
+                self._distributed.check_batches(n - cut, validation_batch, "validation split")
             else:
                 self._distributed.check_batches(n, batch_size, "training data")
         if isinstance(validation_data, (tuple, list)) and validation_data and samples(validation_data[0]) is not None:
-            self._distributed.check_batches(
-                samples(validation_data[0]), fit_kwargs.get("validation_batch_size") or batch_size, "validation data"
-            )
+            self._distributed.check_batches(samples(validation_data[0]), validation_batch, "validation data")
 
     def _state_variables(self, model: keras.Model) -> list:
         return list(model.variables) + list(model.metrics_variables) + list(self.optimizer.variables)
