@@ -8,6 +8,6 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from frostline.bench import memory_main  # noqa: E402
+from frostline.app.bench import memory_main  # noqa: E402
 
 sys.exit(memory_main())

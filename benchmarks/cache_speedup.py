@@ -8,6 +8,6 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from frostline.bench import main  # noqa: E402
+from frostline.app.bench import main  # noqa: E402
 
 sys.exit(main())

@@ -12,7 +12,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import frostline  # noqa: E402,F401
-from frostline.demo import run_demo  # noqa: E402
+from frostline.app.demo import run_demo  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.apply import FlagSnapshot
+from frostline.apply.apply import FlagSnapshot
 from model_zoo import MODEL_BUILDERS, applications, input_shape, nested, sequential, shared
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.audit import audited_variables
+from frostline.inspect.audit import audited_variables
 from model_zoo import nested
 
 

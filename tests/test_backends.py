@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.apply import FlagSnapshot
+from frostline.apply.apply import FlagSnapshot
 from model_zoo import applications, input_shape, nested, sequential, shared
 
 BACKEND = keras.backend.backend()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.cache import NotCacheable, frost_split
+from frostline.cache.policy import NotCacheable, frost_split
 from model_zoo import applications, nested, skip_model
 
 RNG = np.random.default_rng(0)
@@ -62,7 +62,7 @@ def test_cached_phase_trains_the_same_weights_as_plain_fit_sequential():
 def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit(tmp_path, capsys, monkeypatch):
     # 40 samples x 5 values x 4 bytes = 800 bytes of activations, a limit of 100: computed
     # in chunks of one batch, read a batch at a time, with validation and sample weights.
-    from frostline.cache import DiskActivations
+    from frostline.cache.policy import DiskActivations
 
     chunks, batches = [], []
     original_write, original_read = DiskActivations.write, DiskActivations.read
@@ -102,7 +102,7 @@ def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit(tmp_path, cap
 
 
 def test_streaming_disk_cache_reshuffles_every_epoch(tmp_path):
-    from frostline.cache import CachedBatches, DiskActivations
+    from frostline.cache.policy import CachedBatches, DiskActivations
 
     store = DiskActivations(str(tmp_path), "train", [(2,)], np.dtype("float32"), 10)
     values = np.arange(20, dtype="float32").reshape(10, 2)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.modes import is_forced_inference, layer_mode
+from frostline.model.modes import is_forced_inference, layer_mode
 from model_zoo import nested
 
 

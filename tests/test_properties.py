@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import frostline as fl
-from frostline.apply import FlagSnapshot
+from frostline.apply.apply import FlagSnapshot
 
 WIDTH = 3
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.checkpoint import CheckpointError
+from frostline.train.checkpoint import CheckpointError
 from model_zoo import nested
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"

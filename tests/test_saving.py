@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.modes import is_forced_inference
+from frostline.model.modes import is_forced_inference
 from model_zoo import nested
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 import frostline as fl
-from frostline.selectors import NameSelector, PathSelector, RegexSelector, SliceSelector, TypeSelector
+from frostline.plan.selectors import NameSelector, PathSelector, RegexSelector, SliceSelector, TypeSelector
 from model_zoo import nested, sequential, shared
 
 

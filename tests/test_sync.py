@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.optim import migrate_optimizer
+from frostline.apply.optimizer import migrate_optimizer
 from model_zoo import nested
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")

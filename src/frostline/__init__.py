@@ -4,17 +4,17 @@ from frostline import _backend
 
 _backend.choose_default_backend()
 
-from frostline.apply import apply, scoped, sync  # noqa: E402
-from frostline.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
-from frostline.cache import FrostSplit, NotCacheable, frost_split  # noqa: E402
-from frostline.checkpoint import CheckpointError  # noqa: E402
-from frostline.config import ConfigError  # noqa: E402
-from frostline.distribute import data_parallel  # noqa: E402
+from frostline.apply.apply import apply, scoped, sync  # noqa: E402
+from frostline.inspect.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
+from frostline.cache.policy import FrostSplit, NotCacheable, frost_split  # noqa: E402
+from frostline.train.checkpoint import CheckpointError  # noqa: E402
+from frostline.app.config import ConfigError  # noqa: E402
+from frostline.train.distribute import data_parallel  # noqa: E402
 from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
-from frostline.guard import FreezeGuard  # noqa: E402
-from frostline import schedules  # noqa: E402
-from frostline.phases import FineTune, Phase, PhaseSchedule  # noqa: E402
-from frostline.plan import (  # noqa: E402
+from frostline.apply.guard import FreezeGuard  # noqa: E402
+from frostline.train import schedules  # noqa: E402
+from frostline.train.runner import FineTune, Phase, PhaseSchedule  # noqa: E402
+from frostline.plan.plan import (  # noqa: E402
     Freeze,
     Inference,
     LayerDecision,
@@ -28,10 +28,10 @@ from frostline.plan import (  # noqa: E402
     register_rule,
     resolve,
 )
-from frostline.report import LayerRow, Report, report  # noqa: E402
-from frostline.saving import applied_plan, load_model, load_plan  # noqa: E402
-from frostline.selectors import Selector, parse_selector  # noqa: E402
-from frostline.tree import LayerNode, LayerTree  # noqa: E402
+from frostline.inspect.report import LayerRow, Report, report  # noqa: E402
+from frostline.inspect.saving import applied_plan, load_model, load_plan  # noqa: E402
+from frostline.plan.selectors import Selector, parse_selector  # noqa: E402
+from frostline.model.tree import LayerNode, LayerTree  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from frostline.cli import main
+from frostline.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

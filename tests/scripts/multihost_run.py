@@ -62,10 +62,10 @@ def main() -> None:
             with open(os.path.join(out, f"{who}-auto-shard-error.txt"), "w") as f:
                 f.write(str(e))
     # Count the checkpoints this process writes (each call still writes).
-    import frostline.phases
+    import frostline.train.runner
 
-    writes, write = [], frostline.phases.write_checkpoint
-    frostline.phases.write_checkpoint = lambda *a, **k: (writes.append(1), write(*a, **k))[1]
+    writes, write = [], frostline.train.runner.write_checkpoint
+    frostline.train.runner.write_checkpoint = lambda *a, **k: (writes.append(1), write(*a, **k))[1]
     run.fit(xs, ys, batch_size=batch, verbose=0, shuffle=False, phase_lines=True)
     with open(os.path.join(out, f"{who}-checkpoint-writes.txt"), "w") as f:
         f.write(str(len(writes)))

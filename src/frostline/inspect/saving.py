@@ -16,7 +16,7 @@ import zipfile
 
 import keras
 
-from frostline.plan import Plan
+from frostline.plan.plan import Plan
 
 __all__ = ["applied_plan", "load_model", "load_plan", "record_plan"]
 
@@ -94,7 +94,7 @@ def load_model(path: str | os.PathLike[str], **kwargs) -> keras.Model:
     Returns:
         The model, with the frozen set and modes it was saved with.
     """
-    from frostline.apply import apply  # apply records plans through this module
+    from frostline.apply.apply import apply  # apply records plans through this module
 
     model = keras.saving.load_model(path, **kwargs)
     try:

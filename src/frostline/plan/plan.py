@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import yaml
 
 from frostline.errors import PlanError, did_you_mean
-from frostline.modes import is_forced_inference
-from frostline.optim import lr_multiplier
-from frostline.selectors import Selector, parse_selectors
-from frostline.tree import LayerNode, LayerTree, variable_size
+from frostline.model.modes import is_forced_inference
+from frostline.apply.optimizer import lr_multiplier
+from frostline.plan.selectors import Selector, parse_selectors
+from frostline.model.tree import LayerNode, LayerTree, variable_size
 
 __all__ = [
     "Freeze",

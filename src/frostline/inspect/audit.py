@@ -18,8 +18,8 @@ import keras
 import numpy as np
 
 from frostline.errors import FrozenWeightsChanged
-from frostline.modes import layer_mode
-from frostline.tree import LayerTree
+from frostline.model.modes import layer_mode
+from frostline.model.tree import LayerTree
 
 __all__ = ["FreezeAudit", "Fingerprint", "audited_variables", "fingerprint"]
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from frostline.phases import FineTune, Phase
-from frostline.plan import Plan
+from frostline.train.runner import FineTune, Phase
+from frostline.plan.plan import Plan
 
 __all__ = ["cache_benchmark", "main", "memory_benchmark", "memory_main"]
 
@@ -194,7 +194,7 @@ def memory_benchmark(*, samples: int = 20000, features: int = 64, width: int = 4
     results = {}
     for label, mode, n in (("plain", "plain", samples), ("memory", "memory", samples), ("disk", "disk", samples),
                            ("disk_4x", "disk", 4 * samples)):
-        code = (f"import json, frostline.bench as b; print(json.dumps(b._memory_child({mode!r}, {n}, "
+        code = (f"import json, frostline.app.bench as b; print(json.dumps(b._memory_child({mode!r}, {n}, "
                 f"{features}, {width}, {epochs}, {batch_size}, {memory_limit})))")
         env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"))
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from frostline.errors import PlanError
-from frostline.plan import Plan
+from frostline.plan.plan import Plan
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 

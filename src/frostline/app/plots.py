@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from frostline.report import Report  # noqa: E402
+from frostline.inspect.report import Report  # noqa: E402
 
 __all__ = ["plot_frost_lines", "plot_history"]
 

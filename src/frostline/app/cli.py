@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import keras
 
-from frostline.apply import apply
+from frostline.apply.apply import apply
 from frostline.errors import PlanError
-from frostline.plan import Plan
-from frostline.report import Report, report
+from frostline.plan.plan import Plan
+from frostline.inspect.report import Report, report
 
 __all__ = ["main"]
 
@@ -73,9 +73,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from frostline.checkpoint import CheckpointError
-    from frostline.config import ConfigError, load_config
-    from frostline.train import run_training
+    from frostline.train.checkpoint import CheckpointError
+    from frostline.app.config import ConfigError, load_config
+    from frostline.app.train_job import run_training
 
     try:
         config = load_config(args.config)
@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from frostline.demo import run_demo
+    from frostline.app.demo import run_demo
 
     try:
         result = run_demo(args.out, seed=args.seed, labels_per_class=args.labels_per_class, quick=args.quick)
@@ -98,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from frostline.bench import main as bench_main, memory_main
+    from frostline.app.bench import main as bench_main, memory_main
 
     if args.what == "memory":
         return memory_main(args.rest)

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import keras
 
-from frostline.phases import Phase
-from frostline.plan import Plan
-from frostline.tree import LayerTree
+from frostline.train.runner import Phase
+from frostline.plan.plan import Plan
+from frostline.model.tree import LayerTree
 
 __all__ = ["gradual_unfreeze", "layerwise_decay", "two_phase"]
 

@@ -16,14 +16,14 @@ import keras
 import numpy as np
 import yaml
 
-from frostline.apply import scoped
-from frostline.checkpoint import read_latest
-from frostline.config import ConfigError, TrainConfig
-from frostline.distribute import data_parallel
+from frostline.apply.apply import scoped
+from frostline.train.checkpoint import read_latest
+from frostline.app.config import ConfigError, TrainConfig
+from frostline.train.distribute import data_parallel
 from frostline.errors import PlanError
-from frostline.phases import FineTune, Phase
-from frostline.plots import plot_frost_lines, plot_history
-from frostline.report import report
+from frostline.train.runner import FineTune, Phase
+from frostline.app.plots import plot_frost_lines, plot_history
+from frostline.inspect.report import report
 
 __all__ = ["build_model", "load_data", "run_training", "validate_plans"]
 

@@ -6,9 +6,9 @@ from typing import Literal
 
 import keras
 
-from frostline.apply import sync, untangle_optimizer_buffers
+from frostline.apply.apply import sync, untangle_optimizer_buffers
 from frostline.errors import StaleTrainableError
-from frostline.tree import LayerTree
+from frostline.model.tree import LayerTree
 
 __all__ = ["FreezeGuard", "stale_variables"]
 

@@ -23,7 +23,7 @@ from fnmatch import fnmatchcase
 import keras
 
 from frostline.errors import PlanError, did_you_mean
-from frostline.tree import LayerNode, LayerTree
+from frostline.model.tree import LayerNode, LayerTree
 
 __all__ = ["Selector", "parse_selector"]
 

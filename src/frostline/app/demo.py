@@ -16,10 +16,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from frostline.phases import FineTune, Phase
-from frostline.plan import Plan
-from frostline.plots import plot_frost_lines, plot_history
-from frostline.report import report
+from frostline.train.runner import FineTune, Phase
+from frostline.plan.plan import Plan
+from frostline.app.plots import plot_frost_lines, plot_history
+from frostline.inspect.report import report
 
 __all__ = ["DemoResult", "run_demo"]
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import keras
 
-from frostline.modes import is_forced_inference, set_inference
-from frostline.optim import (
+from frostline.model.modes import is_forced_inference, set_inference
+from frostline.apply.optimizer import (
     OptimizerState,
     install_lr_multipliers,
     lr_multipliers_installed,
@@ -18,10 +18,10 @@ from frostline.optim import (
     optimizer_variables_match,
     set_model_lr_multipliers,
 )
-from frostline.plan import Plan, Resolution, resolve
-from frostline.report import Report
-from frostline.saving import record_plan
-from frostline.tree import LayerTree
+from frostline.plan.plan import Plan, Resolution, resolve
+from frostline.inspect.report import Report
+from frostline.inspect.saving import record_plan
+from frostline.model.tree import LayerTree
 
 __all__ = ["FlagSnapshot", "apply", "scoped", "sync"]
 

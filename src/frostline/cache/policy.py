@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from frostline.modes import is_forced_inference, layer_mode
+from frostline.model.modes import is_forced_inference, layer_mode
 
 __all__ = ["ActivationCache", "CachedBatches", "CachedPhase", "DiskActivations", "FrostSplit", "NotCacheable", "frost_split", "samples"]
 

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
-from frostline.modes import layer_mode
-from frostline.optim import lr_multiplier
-from frostline.tree import LayerNode, LayerTree, variable_size
+from frostline.model.modes import layer_mode
+from frostline.apply.optimizer import lr_multiplier
+from frostline.model.tree import LayerNode, LayerTree, variable_size
 
 if TYPE_CHECKING:
-    from frostline.plan import Resolution
+    from frostline.plan.plan import Resolution
 
 __all__ = ["LayerRow", "Report", "report"]
 

@@ -1,0 +1,1 @@
+"""The `frostline` command and its jobs: inspect, train, demo, bench, and their plots."""
