@@ -4,46 +4,57 @@ from frostline import _backend
 
 _backend.choose_default_backend()
 
-from frostline.apply.apply import apply, scoped, sync  # noqa: E402
-from frostline.inspect.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
-from frostline.cache.policy import FrostSplit, NotCacheable, frost_split  # noqa: E402
-from frostline.train.checkpoint import CheckpointError  # noqa: E402
-from frostline.app.config import ConfigError  # noqa: E402
-from frostline.train.distribute import data_parallel  # noqa: E402
-from frostline.errors import FrozenWeightsChanged, PlanError, StaleTrainableError  # noqa: E402
+from frostline import _keras  # noqa: E402
+
+_keras.check_version()
+
+from frostline.apply.apply import apply, scoped  # noqa: E402
 from frostline.apply.guard import FreezeGuard  # noqa: E402
-from frostline.train import schedules  # noqa: E402
-from frostline.train.runner import FineTune, Phase, PhaseSchedule  # noqa: E402
-from frostline.plan.plan import (  # noqa: E402
-    Freeze,
-    Inference,
-    LayerDecision,
-    LearningRate,
-    Plan,
-    Resolution,
-    Rule,
-    RuleMatch,
-    Unfreeze,
-    VariableDecision,
-    register_rule,
-    resolve,
+from frostline.apply.learning_rate import PhaseSchedule  # noqa: E402
+from frostline.apply.loading import load_model  # noqa: E402
+from frostline.apply.sync import sync  # noqa: E402
+from frostline.cache.policy import FrostSplit, frost_split  # noqa: E402
+from frostline.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DistributionError,
+    FrostlineError,
+    FrostlineTypeError,
+    FrostlineValueError,
+    FrozenWeightsChanged,
+    NoStoredPlan,
+    NotCacheable,
+    PlanError,
+    StaleTrainableError,
+    TrainableSetMismatch,
 )
+from frostline.inspect.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
 from frostline.inspect.report import LayerRow, Report, report  # noqa: E402
-from frostline.inspect.saving import applied_plan, load_model, load_plan  # noqa: E402
-from frostline.plan.selectors import Selector, parse_selector  # noqa: E402
+from frostline.inspect.saving import applied_plan, load_plan  # noqa: E402
 from frostline.model.tree import LayerNode, LayerTree  # noqa: E402
+from frostline.plan.plan import Plan  # noqa: E402
+from frostline.plan.resolve import LayerDecision, Resolution, RuleMatch, VariableDecision, resolve  # noqa: E402
+from frostline.plan.rules import Freeze, Inference, LearningRate, Rule, Unfreeze, register_rule  # noqa: E402
+from frostline.plan.selectors import Selector, parse_selector  # noqa: E402
+from frostline.train import schedules  # noqa: E402
+from frostline.train.distribute import data_parallel  # noqa: E402
+from frostline.train.runner import FineTune, Phase  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DistributionError",
     "FineTune",
     "Fingerprint",
     "Freeze",
     "FreezeAudit",
     "FreezeGuard",
     "FrostSplit",
+    "FrostlineError",
+    "FrostlineTypeError",
+    "FrostlineValueError",
     "FrozenWeightsChanged",
     "Inference",
     "LayerDecision",
@@ -51,6 +62,7 @@ __all__ = [
     "LayerRow",
     "LayerTree",
     "LearningRate",
+    "NoStoredPlan",
     "NotCacheable",
     "Phase",
     "PhaseSchedule",
@@ -62,6 +74,7 @@ __all__ = [
     "RuleMatch",
     "Selector",
     "StaleTrainableError",
+    "TrainableSetMismatch",
     "Unfreeze",
     "VariableDecision",
     "applied_plan",

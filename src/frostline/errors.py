@@ -1,4 +1,9 @@
-"""Exceptions raised by frostline."""
+"""Every exception frostline raises to users, and the "Did you mean" helper.
+
+Each is a `FrostlineError` and also the built-in type a Keras user would catch for it
+(`PlanError` is a `ValueError`, `FrozenWeightsChanged` an `AssertionError`, ...), so
+`except ValueError` keeps working and `except fl.FrostlineError` catches them all.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,21 @@ import difflib
 from collections.abc import Iterable
 
 
-class PlanError(ValueError):
+class FrostlineError(Exception):
+    """The base of every frostline exception."""
+
+
+class FrostlineValueError(FrostlineError, ValueError):
+    """An argument with the right type but a value frostline cannot use. The message says
+    what was expected and what was received."""
+
+
+class FrostlineTypeError(FrostlineError, TypeError):
+    """An argument of the wrong type, or an object frostline cannot work with (an
+    optimizer it cannot rebuild, say). The message says what was expected."""
+
+
+class PlanError(FrostlineValueError):
     """A plan, a rule or a selector that cannot be resolved against the model.
 
     Raised before anything changes: after a `PlanError` every flag of the model is as it
@@ -30,7 +49,7 @@ def did_you_mean(received: str, known: Iterable[str], *, n: int = 1) -> str:
     return " Did you mean one of " + ", ".join(f"'{c}'" for c in close) + "?"
 
 
-class StaleTrainableError(RuntimeError):
+class StaleTrainableError(FrostlineError, RuntimeError):
     """The model's trainable set changed since its optimizer and train function were
     built, and `fl.FreezeGuard(mode="raise")` was asked not to fix it silently.
 
@@ -46,7 +65,7 @@ class StaleTrainableError(RuntimeError):
         self.now_frozen = now_frozen
 
 
-class FrozenWeightsChanged(AssertionError):
+class FrozenWeightsChanged(FrostlineError, AssertionError):
     """A variable that should not have changed during training did.
 
     Attributes:
@@ -57,3 +76,32 @@ class FrozenWeightsChanged(AssertionError):
     def __init__(self, message: str, changes: dict[str, float]):
         super().__init__(message)
         self.changes = changes
+
+
+class NotCacheable(FrostlineValueError):
+    """The model or phase cannot use the activation cache; the message says why in one
+    sentence."""
+
+
+class CheckpointError(FrostlineValueError):
+    """A checkpoint that cannot be resumed: missing, unreadable, or written by a run with
+    a different configuration (the message lists the fields that differ)."""
+
+
+class ConfigError(FrostlineValueError):
+    """A `frostline train` configuration that cannot run. The message starts with the
+    YAML path of the culprit, e.g. `phases[1].epochs: ...`."""
+
+
+class DistributionError(FrostlineValueError):
+    """A distribution this backend or machine cannot run, or inputs its devices cannot
+    share equally."""
+
+
+class NoStoredPlan(FrostlineError, LookupError):
+    """A `.keras` file that holds no frostline plan (it was saved without `fl.apply`)."""
+
+
+class TrainableSetMismatch(FrostlineError, RuntimeError):
+    """Keras did not train exactly the resolved variables after frostline set the flags;
+    the flags were restored. A bug to report: the message names the variables."""

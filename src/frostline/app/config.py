@@ -36,15 +36,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from frostline.errors import PlanError
+from frostline.errors import ConfigError, PlanError
 from frostline.plan.plan import Plan
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
 
-class ConfigError(ValueError):
-    """A `frostline train` configuration that cannot run. The message starts with the
-    YAML path of the culprit, e.g. `phases[1].epochs: ...`."""
 
 
 class _Strict(BaseModel):
@@ -108,7 +105,7 @@ class PhaseSpec(_Strict):
     @classmethod
     def _valid_plan(cls, value: Any) -> Any:
         try:
-            Plan.from_dict(value or {"rules": []})
+            Plan.from_config(value or {"rules": []})
         except PlanError as e:
             raise ValueError(str(e)) from None
         return value
@@ -126,7 +123,7 @@ class PhaseSpec(_Strict):
         return value
 
     def to_plan(self) -> Plan:
-        return Plan.from_dict(self.plan or {"rules": []})
+        return Plan.from_config(self.plan or {"rules": []})
 
 
 class DistributionSpec(_Strict):

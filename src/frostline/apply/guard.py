@@ -6,8 +6,9 @@ from typing import Literal
 
 import keras
 
-from frostline.apply.apply import sync, untangle_optimizer_buffers
-from frostline.errors import StaleTrainableError
+from frostline import _keras
+from frostline.apply.sync import sync, untangle_optimizer_buffers
+from frostline.errors import FrostlineValueError, StaleTrainableError
 from frostline.model.tree import LayerTree
 
 __all__ = ["FreezeGuard", "stale_variables"]
@@ -24,11 +25,12 @@ def stale_variables(model: keras.Model) -> tuple[list[str], list[str]]:
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None or not getattr(optimizer, "built", False):
         return [], []
-    built_for = {id(v) for v in optimizer._trainable_variables}
+    built_for_list = _keras.built_for(optimizer)
+    built_for = {id(v) for v in built_for_list}
     trainable = {id(v) for v in model.trainable_variables}
     paths = {id(v): n.variable_path(v) for n in LayerTree(model) for v in n.weights}
     now_trainable = [paths.get(id(v), v.path) for v in model.trainable_variables if id(v) not in built_for]
-    now_frozen = [paths.get(id(v), v.path) for v in optimizer._trainable_variables if id(v) not in trainable]
+    now_frozen = [paths.get(id(v), v.path) for v in built_for_list if id(v) not in trainable]
     return now_trainable, now_frozen
 
 
@@ -62,7 +64,7 @@ class FreezeGuard(keras.callbacks.Callback):
     def __init__(self, mode: Literal["sync", "raise"] = "sync"):
         super().__init__()
         if mode not in ("sync", "raise"):
-            raise ValueError(f"Expected mode='sync' or mode='raise'. Received: mode={mode!r}")
+            raise FrostlineValueError(f"Expected mode='sync' or mode='raise'. Received: mode={mode!r}")
         self.mode = mode
 
     def on_train_begin(self, logs=None):

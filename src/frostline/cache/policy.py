@@ -23,14 +23,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from frostline.errors import NotCacheable
 from frostline.model.modes import is_forced_inference, layer_mode
 
 __all__ = ["ActivationCache", "CachedBatches", "CachedPhase", "DiskActivations", "FrostSplit", "NotCacheable", "frost_split", "samples"]
 
 
-class NotCacheable(ValueError):
-    """The model or phase cannot use the activation cache; the message says why in one
-    sentence."""
 
 
 @dataclasses.dataclass(frozen=True)

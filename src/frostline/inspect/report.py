@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from frostline.model.modes import layer_mode
-from frostline.apply.optimizer import lr_multiplier
 from frostline.model.tree import LayerNode, LayerTree, variable_size
 
 if TYPE_CHECKING:
-    from frostline.plan.plan import Resolution
+    from frostline.plan.resolve import Resolution
 
 __all__ = ["LayerRow", "Report", "report"]
 
@@ -90,7 +89,7 @@ class Report:
         model = tree.model
         self.model_name: str = model.name
         trainable_ids = tree.effective_trainable_ids()
-        self.rows: list[LayerRow] = [self._row(node, trainable_ids, model) for node in tree]
+        self.rows: list[LayerRow] = [self._row(node, trainable_ids, tree) for node in tree]
         self.has_lr_multipliers = any(r.lr not in ("x1", "-") for r in self.rows)
         self.trainable_params = sum(variable_size(v) for v in model.trainable_weights)
         self.frozen_params = sum(variable_size(v) for v in model.non_trainable_weights)
@@ -104,7 +103,7 @@ class Report:
             ]
 
     @staticmethod
-    def _row(node: LayerNode, trainable_ids: set[int], model) -> LayerRow:
+    def _row(node: LayerNode, trainable_ids: set[int], tree: LayerTree) -> LayerRow:
         inside = list(node.descendants())
         variables = [v for n in inside for v in n.variables]
         capable = [v for n in inside for v in n.weights]
@@ -118,7 +117,7 @@ class Report:
             trainable_params=sum(variable_size(v) for v in capable if id(v) in trainable_ids),
             state=_state(capable, trainable_ids, params > 0),
             mode=layer_mode(node.layer),
-            lr=_lr_label({lr_multiplier(model, v) for v in capable}),
+            lr=_lr_label({tree.lr_multiplier(v) for v in capable}),
             also_at=tuple(node.paths[1:]),
         )
 

@@ -14,20 +14,21 @@ import inspect
 
 import keras
 
-__all__ = ["is_forced_inference", "layer_mode", "set_inference"]
+from frostline import _keras, _state
 
-_ORIGINAL = "_frostline_original_call"
+__all__ = ["has_training_argument", "is_forced_inference", "layer_mode", "set_inference"]
 
 
 def has_training_argument(layer: keras.layers.Layer) -> bool:
     """Whether the layer's `call` takes a `training` argument (BatchNormalization,
     Dropout, models, ...)."""
-    return bool(getattr(layer, "_call_has_training_arg", False))
+    return _keras.call_takes_training(layer)
 
 
 def is_forced_inference(layer: keras.layers.Layer) -> bool:
     """Whether frostline makes this layer run in inference mode."""
-    return _ORIGINAL in getattr(layer, "__dict__", {})
+    record = _state.peek(layer, _state.LayerState)
+    return bool(record and record.inference)
 
 
 def set_inference(layer: keras.layers.Layer, enabled: bool) -> None:
@@ -37,23 +38,27 @@ def set_inference(layer: keras.layers.Layer, enabled: bool) -> None:
     """
     if enabled == is_forced_inference(layer) or not has_training_argument(layer):
         return
+    record = _state.layer_state(layer)
     if not enabled:
-        del layer.__dict__["call"]
-        del layer.__dict__[_ORIGINAL]
+        wrapper = layer.__dict__.pop("call")
+        if record.instance_call:
+            layer.__dict__["call"] = wrapper.__wrapped__
+        record.inference = record.instance_call = False
         return
     original = layer.call
     signature = inspect.signature(original)
 
-    @functools.wraps(original)
+    @functools.wraps(original)  # keeps the original as `call.__wrapped__`
     def call(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.arguments["training"] = False
         return original(*bound.args, **bound.kwargs)
 
+    record.instance_call = "call" in layer.__dict__
+    record.inference = True
     # Set in the instance dict directly: Keras's and torch's `__setattr__` must not see
     # the wrapper as a tracked attribute.
     layer.__dict__["call"] = call
-    layer.__dict__[_ORIGINAL] = original
 
 
 _TRAINING_SENSITIVE = (

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from frostline import _keras, _state
+
 __all__ = ["LayerNode", "LayerTree"]
 
 
@@ -20,17 +22,14 @@ def _direct_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     # their InputLayer, Sequential models omit the one they create themselves.
     if isinstance(layer, keras.Model):
         return list(layer.layers)
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return _keras.direct_sublayers(layer)
 
 
 def _own_variables(layer: keras.layers.Layer) -> tuple[list, list]:
     """The layer's own (trainable-capable, state) variables, not its children's."""
     seen: set[int] = set()
     capable, state = [], []
-    for target, source in (
-        (capable, layer._trainable_variables),
-        (state, layer._non_trainable_variables),
-    ):
+    for target, source in zip((capable, state), _keras.own_variables(layer)):
         for v in source:
             if id(v) not in seen:
                 seen.add(id(v))
@@ -130,6 +129,9 @@ class LayerTree:
 
     def __init__(self, model: keras.layers.Layer):
         self.model = model
+        # The multipliers as they are now, so that resolving a plan reads the tree only.
+        record = _state.peek(model, _state.ModelState)
+        self._lr = {k: m for k, (_, m) in record.lr_multipliers.items()} if record else {}
         self.root = LayerNode(model, "", None)
         self._by_id: dict[int, LayerNode] = {id(model): self.root}
         self._order: list[LayerNode] = [self.root]
@@ -175,6 +177,11 @@ class LayerTree:
     def variables(self) -> list:
         """Every variable of the model once, in canonical order."""
         return [v for node in self._order for v in node.variables]
+
+    def lr_multiplier(self, variable: keras.Variable) -> float:
+        """The learning-rate multiplier frostline gives `variable` in this model (1.0 if
+        none), as it was when the tree was made."""
+        return self._lr.get(id(variable), 1.0)
 
     def effective_trainable_ids(self) -> set[int]:
         """Ids of the variables Keras trains now (`model.trainable_weights`)."""

@@ -24,14 +24,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from frostline.errors import CheckpointError
+
 __all__ = ["CheckpointError", "config_differences", "read_latest", "write_checkpoint"]
 
 LATEST = "latest"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed: missing, unreadable, or written by a run with
-    a different configuration (the message lists the fields that differ)."""
 
 
 def _fsync_directory(path: str) -> None:

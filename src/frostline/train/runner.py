@@ -12,10 +12,11 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from frostline.apply.apply import apply, sync
+from frostline.apply.apply import apply
+from frostline.apply.sync import sync
 from frostline.cache.policy import ActivationCache, samples
 from frostline.train.distribute import DistributedRun
-from frostline.apply.optimizer import model_lr_multipliers, set_model_lr_multipliers
+from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.train.checkpoint import CheckpointError, config_differences, load_into, read_latest, write_checkpoint
 from frostline.plan.plan import Plan
 from frostline.inspect.report import Report

@@ -1,0 +1,288 @@
+"""Every private Keras attribute and `keras.src` import frostline relies on, in one place.
+
+Keras's public API cannot say "which variables was this optimizer built for" or "run this
+Functional graph with my own function per layer"; frostline needs both. Each function
+below names what it relies on. They were checked against the Keras versions in
+`VERIFIED_KERAS`; `check_version` warns, once at import, on any other version. When Keras
+changes, this file is the list of what to check, and nothing else in frostline touches a
+private Keras name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+from keras.src.utils.tracking import DotNotTrackScope
+
+__all__ = ["VERIFIED_KERAS", "check_version"]
+
+# Minor versions whose internals this module was read against and tested with.
+VERIFIED_KERAS = ("3.15",)
+
+
+def check_version(version: str | None = None) -> bool:
+    """Warns when the installed Keras is not a version frostline was verified with.
+
+    Args:
+        version: A version string to check. Defaults to None: `keras.__version__`.
+
+    Returns:
+        True for a verified version.
+    """
+    version = keras.__version__ if version is None else version
+    minor = ".".join(version.split(".")[:2])
+    if minor in VERIFIED_KERAS:
+        return True
+    warnings.warn(
+        f"frostline was verified with Keras {', '.join(VERIFIED_KERAS)}; Keras {version} is "
+        "installed. frostline relies on a few Keras internals (listed in frostline/_keras.py) "
+        "that may have changed: run its tests, or install keras~=" + VERIFIED_KERAS[-1] + ".",
+        stacklevel=3,
+    )
+    return False
+
+
+# ---- layers -------------------------------------------------------------------------
+
+
+def direct_sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """A layer's direct sublayers, in tracking order. Relies on
+    `Layer._flatten_layers(include_self=False, recursive=False)`."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layer and every layer inside it, each once. Relies on `Layer._flatten_layers()`."""
+    return list(layer._flatten_layers())
+
+
+def own_variables(layer: keras.layers.Layer) -> tuple[list, list]:
+    """A layer's own (trainable-capable, never-trainable) variables, not its sublayers'.
+    Relies on `Layer._trainable_variables` and `Layer._non_trainable_variables`."""
+    return list(layer._trainable_variables), list(layer._non_trainable_variables)
+
+
+def set_own_trainable(layer: keras.layers.Layer, flag: bool) -> None:
+    """Sets one layer's `trainable` flag without the public setter's recursion into its
+    sublayers. Relies on `Layer._trainable`, the attribute behind `Layer.trainable`."""
+    layer._trainable = bool(flag)
+
+
+def call_takes_training(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's `call` has a `training` argument. Relies on
+    `Layer._call_has_training_arg`, set when the layer is made."""
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def has_seed_generators(layer: keras.layers.Layer) -> bool:
+    """Whether the layer draws random numbers (Dropout, noise, random augmentation).
+    Relies on `Layer._seed_generators`, where Keras tracks a layer's SeedGenerators."""
+    return bool(getattr(layer, "_seed_generators", None))
+
+
+# ---- compiled models -----------------------------------------------------------------
+
+
+def compiled_trainable_state(model: keras.Model) -> dict | None:
+    """Keras's record of each layer's `trainable` flag at compile time, or None. Relies on
+    `Trainer._compiled_trainable_state` (compared by fit to warn that flags changed)."""
+    return getattr(model, "_compiled_trainable_state", None)
+
+
+def set_compiled_trainable_state(model: keras.Model, state: dict | None = None) -> None:
+    """Sets that record; None records every layer's flag as it is now (the flags have
+    taken effect, so fit need not warn). Does nothing on a model that never compiled."""
+    if not hasattr(model, "_compiled_trainable_state"):
+        return
+    if state is None:
+        state = {layer: layer.trainable for layer in all_layers(model)}
+    model._compiled_trainable_state = state
+
+
+# ---- variables -----------------------------------------------------------------------
+
+
+def variable_buffer(variable: keras.Variable) -> Any:
+    """The backend array behind a variable, or None. Relies on `Variable._value`."""
+    return getattr(variable, "_value", None)
+
+
+def backend_variable(variable: keras.Variable) -> Any:
+    """On TensorFlow, the `tf.Variable` behind a Keras variable (what a strategy places);
+    elsewhere the variable. Relies on `Variable._value`."""
+    return getattr(variable, "_value", variable)
+
+
+def place_variable(variable: keras.Variable, distribution: Any) -> None:
+    """Lays a variable made before `distribution` out on its devices (JAX). Relies on
+    `Variable._layout` (read by the JAX backend when it assigns) and
+    `Variable._direct_assign`, which re-places the value under that layout."""
+    if getattr(variable, "_layout", None) is None:
+        variable._layout = distribution.get_variable_layout(variable)
+        variable._direct_assign(variable.value)
+
+
+# ---- optimizers ----------------------------------------------------------------------
+
+# Attributes an optimizer's `build` sets that frostline rebuilds itself when it migrates
+# an optimizer: the variable list and its tracker, and the built-for list and index.
+OPTIMIZER_BOOKKEEPING = ("_variables", "_tracker", "_trainable_variables", "_trainable_variables_indices", "built")
+# The EMA averages' slot list (`BaseOptimizer._model_variables_moving_average`).
+EMA_SLOTS = "_model_variables_moving_average"
+
+
+def built_for(optimizer: keras.optimizers.Optimizer) -> list:
+    """The variables a built optimizer was built for, in order. Relies on
+    `BaseOptimizer._trainable_variables`."""
+    return list(optimizer._trainable_variables)
+
+
+def variable_key(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> Any:
+    """The key an optimizer files a variable under. Relies on `BaseOptimizer._var_key`."""
+    return optimizer._var_key(variable)
+
+
+def variable_list(optimizer: keras.optimizers.Optimizer) -> list:
+    """The optimizer's own list of its variables (the list object itself). Relies on
+    `BaseOptimizer._variables`."""
+    return optimizer._variables
+
+
+def tracked_variable_ids(optimizer: keras.optimizers.Optimizer) -> set:
+    """Ids of the variables the optimizer's tracker knows. Relies on
+    `BaseOptimizer._tracker.stored_ids["variables"]`."""
+    return set(optimizer._tracker.stored_ids["variables"])
+
+
+def set_variables(optimizer: keras.optimizers.Optimizer, variables: list, tracked: set | None = None) -> None:
+    """Makes `variables` the optimizer's variables, and `tracked` (default: their ids) the
+    ids its tracker knows."""
+    target = optimizer._variables
+    # Not `target[:] = items`: TensorFlow's list wrapper compares old and new items
+    # with `!=`, which Keras variables answer elementwise.
+    del target[:]
+    target.extend(variables)
+    optimizer._tracker.stored_ids["variables"] = {id(v) for v in variables} if tracked is None else set(tracked)
+
+
+def set_built_for(optimizer: keras.optimizers.Optimizer, variables: list, indices: dict) -> None:
+    """Marks the optimizer built for `variables` with the key-to-index map `indices`, as
+    `BaseOptimizer.build` does (`_trainable_variables`, `_trainable_variables_indices`)."""
+    with DotNotTrackScope():
+        optimizer._trainable_variables = list(variables)
+        optimizer._trainable_variables_indices = dict(indices)
+        optimizer.built = True
+
+
+def built_for_indices(optimizer: keras.optimizers.Optimizer) -> dict:
+    """The key-to-index map of the variables a built optimizer was built for. Relies on
+    `BaseOptimizer._trainable_variables_indices`."""
+    return dict(optimizer._trainable_variables_indices)
+
+
+@contextlib.contextmanager
+def untracked() -> Iterator[None]:
+    """Attributes set inside are not tracked, as in Keras's own `build`. Relies on
+    `keras.src.utils.tracking.DotNotTrackScope`."""
+    with DotNotTrackScope():
+        yield
+
+
+def learning_rate_value(optimizer: keras.optimizers.Optimizer) -> Any:
+    """What the optimizer computes its rate from: a variable or a schedule. Relies on
+    `BaseOptimizer._learning_rate`."""
+    return optimizer.__dict__.get("_learning_rate")
+
+
+def set_learning_rate_value(optimizer: keras.optimizers.Optimizer, value: Any) -> None:
+    """Replaces `BaseOptimizer._learning_rate` (a variable or a schedule) without going
+    through Keras's setter, which would make a new variable and change the optimizer's
+    structure."""
+    optimizer.__dict__["_learning_rate"] = value
+
+
+def iterations(optimizer: keras.optimizers.Optimizer) -> int:
+    """The optimizer's step count. Relies on `BaseOptimizer._iterations`, which is
+    readable under every distribution strategy."""
+    return int(keras.ops.convert_to_numpy(optimizer._iterations))
+
+
+def uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> bool:
+    """Whether decoupled weight decay applies to a variable. Relies on
+    `BaseOptimizer._use_weight_decay`."""
+    return bool(optimizer._use_weight_decay(variable))
+
+
+def class_update_step(optimizer: keras.optimizers.Optimizer) -> Callable:
+    """The optimizer class's own `update_step`, unbound."""
+    return type(optimizer).update_step
+
+
+def class_apply_weight_decay(optimizer: keras.optimizers.Optimizer) -> Callable:
+    """The class's own `_apply_weight_decay`, unbound. Relies on
+    `BaseOptimizer._apply_weight_decay(variables)`."""
+    return type(optimizer)._apply_weight_decay
+
+
+def per_variable_update_step(optimizer: keras.optimizers.Optimizer) -> Callable | None:
+    """For PyTorch's vectorised optimizers, the per-variable update loop their base class
+    keeps (they update every variable in one call with one rate); None elsewhere. Relies
+    on `TorchParallelOptimizer._backend_update_step` and its base's."""
+    for cls in type(optimizer).__mro__:
+        if cls.__name__ == "TorchParallelOptimizer":
+            return super(cls, optimizer)._backend_update_step
+    return None
+
+
+# Instance attributes that `install_update_hooks` sets over the class's methods.
+UPDATE_HOOKS = ("update_step", "_apply_weight_decay", "_backend_update_step")
+
+
+def install_update_hooks(
+    optimizer: keras.optimizers.Optimizer,
+    update_step: Callable,
+    apply_weight_decay: Callable,
+) -> None:
+    """Gives one optimizer its own `update_step` and `_apply_weight_decay` (and, on
+    PyTorch's vectorised optimizers, the per-variable update loop). Set in the instance
+    dict: Keras's and torch's `__setattr__` must not track them."""
+    optimizer.__dict__["update_step"] = update_step
+    optimizer.__dict__["_apply_weight_decay"] = apply_weight_decay
+    sequential = per_variable_update_step(optimizer)
+    if sequential is not None:
+        optimizer.__dict__["_backend_update_step"] = sequential
+
+
+def remove_update_hooks(optimizer: keras.optimizers.Optimizer) -> None:
+    """Undoes `install_update_hooks`: the class's methods apply again."""
+    for name in UPDATE_HOOKS:
+        optimizer.__dict__.pop(name, None)
+
+
+# ---- Functional graphs ---------------------------------------------------------------
+
+
+def functional_graph(model: keras.layers.Layer) -> keras.Model | None:
+    """The Functional graph behind a model (a Sequential's is built lazily), or None for a
+    model whose graph cannot be seen. Relies on `Sequential._functional` and on
+    `Functional._run_through_graph` / `_nodes_by_depth`."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if isinstance(model, keras.Model) and hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
+        return model
+    return None
+
+
+def run_through_graph(graph: keras.Model, inputs: Any, operation_fn: Callable) -> Any:
+    """Calls a Functional graph on `inputs` with `operation_fn(op)` deciding how each
+    operation runs. Relies on `Function._run_through_graph(inputs, operation_fn=...)`."""
+    return graph._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def graph_nodes(graph: keras.Model) -> list:
+    """Every node of a Functional graph, by depth. Relies on `Functional._nodes_by_depth`."""
+    return [node for nodes in graph._nodes_by_depth.values() for node in nodes]
