@@ -286,3 +286,13 @@ def run_through_graph(graph: keras.Model, inputs: Any, operation_fn: Callable) -
 def graph_nodes(graph: keras.Model) -> list:
     """Every node of a Functional graph, by depth. Relies on `Functional._nodes_by_depth`."""
     return [node for nodes in graph._nodes_by_depth.values() for node in nodes]
+
+
+# ---- callbacks -----------------------------------------------------------------------
+
+
+def overrides_hook(callback: keras.callbacks.Callback, hook: str) -> bool:
+    """Whether a callback implements `hook` (e.g. "on_train_batch_end") itself. Relies on
+    the `_is_default` mark Keras puts on the base class's empty hooks, which lets fit skip
+    batch-level dispatch when no callback needs it."""
+    return not getattr(getattr(callback, hook), "_is_default", False)
