@@ -15,6 +15,7 @@ from frostline.apply.loading import load_model  # noqa: E402
 from frostline.apply.sync import sync  # noqa: E402
 from frostline.cache.policy import FrostSplit, frost_split  # noqa: E402
 from frostline.errors import (  # noqa: E402
+    BackendUnavailable,
     CheckpointError,
     ConfigError,
     DistributionError,
@@ -22,6 +23,7 @@ from frostline.errors import (  # noqa: E402
     FrostlineTypeError,
     FrostlineValueError,
     FrozenWeightsChanged,
+    MissingFileError,
     NoStoredPlan,
     NotCacheable,
     PlanError,
@@ -43,6 +45,7 @@ from frostline.train.runner import FineTune, Phase  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailable",
     "CheckpointError",
     "ConfigError",
     "DistributionError",
@@ -56,6 +59,7 @@ __all__ = [
     "FrostlineTypeError",
     "FrostlineValueError",
     "FrozenWeightsChanged",
+    "MissingFileError",
     "Inference",
     "LayerDecision",
     "LayerNode",

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from frostline.errors import BackendUnavailable
+
 _BACKEND_MODULES = {
     "jax": "jax",
     "tensorflow": "tensorflow",
@@ -35,7 +37,7 @@ def choose_default_backend() -> None:
     """Sets `KERAS_BACKEND=jax` when nothing usable is configured.
 
     Raises:
-        ImportError: if `KERAS_BACKEND` names a backend that is not installed, before
+        BackendUnavailable: (an `ImportError`) if `KERAS_BACKEND` names a backend that is not installed, before
             Keras fails on it less clearly.
 
     `KERAS_BACKEND`, an already imported Keras, and a `keras.json` naming an installed
@@ -54,7 +56,7 @@ def choose_default_backend() -> None:
             }
             hint = hints.get(requested, f"pip install {module}")
             fallback = "" if requested == "jax" else ", or unset KERAS_BACKEND to use JAX"
-            raise ImportError(
+            raise BackendUnavailable(
                 f"KERAS_BACKEND={requested!r} but {module} is not installed. "
                 f"Install it ({hint}){fallback}."
             )

@@ -78,6 +78,14 @@ class FrozenWeightsChanged(FrostlineError, AssertionError):
         self.changes = changes
 
 
+class MissingFileError(FrostlineError, FileNotFoundError):
+    """A file or folder frostline was asked to read does not exist."""
+
+
+class BackendUnavailable(FrostlineError, ImportError):
+    """`KERAS_BACKEND` names a backend whose package is not installed."""
+
+
 class NotCacheable(FrostlineValueError):
     """The model or phase cannot use the activation cache; the message says why in one
     sentence."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from frostline.train.runner import FineTune, Phase
 from frostline.plan.plan import Plan
+from frostline.errors import FrostlineValueError
 from frostline.app.plots import plot_frost_lines, plot_history
 from frostline.inspect.report import report
 
@@ -92,7 +93,7 @@ def run_demo(out: str = "frostline-demo", *, seed: int = 0, labels_per_class: in
     x_tgt, y_tgt = x[~source], y[~source] - 5
     fewest = int(min(np.sum(y_tgt == c) for c in range(5)))
     if not 1 <= labels_per_class < fewest:
-        raise ValueError(
+        raise FrostlineValueError(
             f"Expected labels_per_class between 1 and {fewest - 1}, so that every digit keeps "
             f"test images. Received: labels_per_class={labels_per_class}"
         )

@@ -17,7 +17,7 @@ from typing import Literal
 import keras
 import numpy as np
 
-from frostline.errors import FrozenWeightsChanged
+from frostline.errors import FrostlineValueError, FrozenWeightsChanged
 from frostline.model.modes import layer_mode
 from frostline.model.tree import LayerTree
 
@@ -75,7 +75,7 @@ class Fingerprint:
     def __init__(self, variables: list[tuple[str, keras.Variable]], *, reference: Reference = "disk"):
         self._directory = None
         if reference not in ("disk", "memory", None):
-            raise ValueError(
+            raise FrostlineValueError(
                 f"Expected reference='disk', 'memory' or None. Received: reference={reference!r}"
             )
         self.paths = [p for p, _ in variables]

@@ -15,7 +15,7 @@ import zipfile
 import keras
 
 from frostline import _state
-from frostline.errors import FrostlineValueError, NoStoredPlan
+from frostline.errors import FrostlineValueError, MissingFileError, NoStoredPlan
 from frostline.plan.plan import Plan
 
 __all__ = ["PLAN_ASSET", "applied_plan", "load_plan", "write_plan_asset"]
@@ -50,7 +50,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         The applied plans, in order, as one Plan.
 
     Raises:
-        FileNotFoundError: if `path` does not exist.
+        MissingFileError: (a `FileNotFoundError`) if `path` does not exist.
         FrostlineValueError: if it is not a `.keras` archive.
         NoStoredPlan: (a `LookupError`) if it holds no frostline plan (no plan was
             applied before saving); `fl.Plan.from_model(model)` describes any model's
@@ -58,7 +58,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such file: {path!r}")
+        raise MissingFileError(f"No such file: {path!r}")
     if not zipfile.is_zipfile(path):
         raise FrostlineValueError(f"Expected a .keras file (a zip archive written by model.save()). Received: {path!r}")
     with zipfile.ZipFile(path) as archive:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from frostline.errors import PlanError, did_you_mean
+from frostline.errors import MissingFileError, PlanError, did_you_mean
 from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerNode, LayerTree
 from frostline.plan.rules import RULE_KINDS, Freeze, Inference, LearningRate, Rule, SelectorsLike, Unfreeze
@@ -224,10 +224,12 @@ class Plan:
 
         Raises:
             PlanError: for malformed YAML or a malformed plan (see `from_config`).
-            FileNotFoundError: for a path that does not exist.
+            MissingFileError: (a `FileNotFoundError`) for a path that does not exist.
         """
         text = str(source)
         if isinstance(source, os.PathLike) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
+            if not os.path.isfile(source):
+                raise MissingFileError(f"Plan: no such file: {text!r}")
             with open(source) as f:
                 text = f.read()
         try:
