@@ -37,7 +37,7 @@ from frostline.model.tree import LayerNode, LayerTree  # noqa: E402
 from frostline.plan.plan import Plan  # noqa: E402
 from frostline.plan.resolve import LayerDecision, Resolution, RuleMatch, VariableDecision, resolve  # noqa: E402
 from frostline.plan.rules import Freeze, Inference, LearningRate, Rule, Unfreeze, register_rule  # noqa: E402
-from frostline.plan.selectors import Selector, parse_selector  # noqa: E402
+from frostline.plan.selectors import Selector, VariableSelector, parse_selector  # noqa: E402
 from frostline.train import schedules  # noqa: E402
 from frostline.train.distribute import data_parallel  # noqa: E402
 from frostline.train.runner import FineTune, Phase  # noqa: E402
@@ -81,6 +81,7 @@ __all__ = [
     "TrainableSetMismatch",
     "Unfreeze",
     "VariableDecision",
+    "VariableSelector",
     "applied_plan",
     "apply",
     "data_parallel",

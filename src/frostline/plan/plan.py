@@ -192,26 +192,27 @@ class Plan:
 
         Applied to a copy of the model with every layer trainable, it gives the same
         `trainable_weights` and modes: one `unfreeze` and one `freeze` rule listing the
-        layers that own weights, and one `inference` rule.
+        layers that own weights, a `freeze` rule of `var:` selectors for the frozen
+        variables of layers that are partly frozen, and one `inference` rule.
         """
         tree = LayerTree(model)
         trainable_ids = tree.effective_trainable_ids()
         names = [n.name for n in tree.layers]
-        frozen, unfrozen, inference = [], [], []
+        frozen, unfrozen, frozen_variables, inference = [], [], [], []
         for node in tree.layers:
             selector = _exact_selector(node, names)
             if node.weights:
-                target = unfrozen if any(id(v) in trainable_ids for v in node.weights) else frozen
-                target.append(selector)
+                trains = [id(v) in trainable_ids for v in node.weights]
+                (unfrozen if any(trains) else frozen).append(selector)
+                if any(trains) and not all(trains):
+                    frozen_variables += [_exact_variable_selector(node, v) for v, t in zip(node.weights, trains) if not t]
             if is_forced_inference(node.layer):
                 inference.append(selector)
         plan = cls()
-        if unfrozen:
-            plan = plan.unfreeze(unfrozen)
-        if frozen:
-            plan = plan.freeze(frozen)
-        if inference:
-            plan = plan.inference(inference)
+        for rule, selectors in ((cls.unfreeze, unfrozen), (cls.freeze, frozen), (cls.freeze, frozen_variables),
+                                (cls.inference, inference)):
+            if selectors:
+                plan = rule(plan, selectors)
         return plan
 
     def to_yaml(self) -> str:
@@ -254,6 +255,12 @@ def _exact_selector(node: LayerNode, names: list[str]) -> str:
     if any(c in node.path for c in "*?[]") or ("/" not in node.path and names.count(node.name) > 1):
         return "re:" + re.escape(node.path)
     return node.path
+
+
+def _exact_variable_selector(node: LayerNode, variable: Any) -> str:
+    """A `var:` selector that matches exactly this variable."""
+    path = node.variable_path(variable)
+    return "var:" + "".join(f"[{c}]" if c in "*?[]" else c for c in path)
 
 
 def _flatten_selectors(items: tuple[SelectorsLike, ...]) -> tuple[Selector, ...]:

@@ -14,6 +14,7 @@ from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerNode, LayerTree, variable_size
 from frostline.plan.plan import Plan
 from frostline.plan.rules import Rule
+from frostline.plan.selectors import Selector, VariableSelector
 
 __all__ = ["LayerDecision", "Resolution", "RuleMatch", "VariableDecision", "resolve"]
 
@@ -138,7 +139,11 @@ def _user_stacklevel() -> int:
 
 
 def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
-    """Resolves a plan against a model's LayerTree. Pure: the model is not touched.
+    """Resolves a plan against a model's LayerTree. Pure: reads the tree, not the model.
+
+    Rules apply in order, each to the layers (containers expanded) or, for `var:`
+    selectors, the single variables it selects; a later rule overrides an earlier one
+    for what both select. What no rule selects keeps the state it has now.
 
     Args:
         plan: The plan.
@@ -151,64 +156,123 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
 
     Raises:
         PlanError: for a selector that matches nothing (when strict), an unknown
-            `type:`, or a slice of a layer that holds no layers.
+            `type:`, a slice of a layer that holds no layers, a `var:` selector in a
+            rule that sets a layer's mode, or a rule that would train a variable
+            that never trains.
     """
     effective = tree.effective_trainable_ids()
-    settings: dict[int, dict[str, Any]] = {}
-    decided_by: dict[int, dict[str, int | None]] = {}
-    for node in tree:
-        if node.weights:
-            trainable = any(id(v) in effective for v in node.weights)
-        else:
-            trainable = bool(node.layer.trainable)
-        settings[id(node)] = {
-            "trainable": trainable,
-            "inference": is_forced_inference(node.layer),
-            "lr": tree.lr_multiplier(node.weights[0]) if node.weights else 1.0,
-        }
-        decided_by[id(node)] = {key: None for key in settings[id(node)]}
-
+    settings = {id(node): _current_settings(node, tree, effective) for node in tree}
+    decided_by = {id(node): {key: None for key in settings[id(node)]} for node in tree}
+    # Per variable: {setting: (value, deciding rule)}; layer rules write through to their
+    # layers' variables, so whichever rule came last decides.
+    by_variable: dict[int, dict[str, tuple[Any, int]]] = {}
     matches = []
     for index, rule in enumerate(plan.rules):
-        selected: dict[int, LayerNode] = {}
-        for selector in rule.selectors:
-            try:
+        layers, variables = _select(index, rule, tree, strict)
+        for key, value in rule.settings().items():
+            for node in layers:
+                settings[id(node)][key] = value
+                decided_by[id(node)][key] = index
+                for v in node.variables:
+                    by_variable.setdefault(id(v), {})[key] = (value, index)
+            for _, v in variables:
+                by_variable.setdefault(id(v), {})[key] = (value, index)
+        matches.append(_rule_match(index, rule, tree, layers, variables))
+    layer_decisions = {
+        id(node): LayerDecision(node, dict(settings[id(node)]), dict(decided_by[id(node)])) for node in tree
+    }
+    decisions = tuple(_decide_variables(tree, effective, by_variable))
+    return Resolution(tree, plan, layer_decisions, decisions, tuple(matches))
+
+
+def _current_settings(node: LayerNode, tree: LayerTree, effective: set[int]) -> dict[str, Any]:
+    if node.weights:
+        trainable = any(id(v) in effective for v in node.weights)
+    else:
+        trainable = bool(node.layer.trainable)
+    return {
+        "trainable": trainable,
+        "inference": is_forced_inference(node.layer),
+        "lr": tree.lr_multiplier(node.weights[0]) if node.weights else 1.0,
+    }
+
+
+def _select(index: int, rule: Rule, tree: LayerTree, strict: bool) -> tuple[list[LayerNode], list[tuple]]:
+    """The layers (containers expanded) and the `(node, variable)` pairs a rule selects."""
+    layers: dict[int, LayerNode] = {}
+    variables: dict[int, tuple[LayerNode, Any]] = {}
+    where = f"Rule {index + 1} ({rule.describe()})"
+    for selector in rule.selectors:
+        try:
+            if isinstance(selector, VariableSelector):
+                _check_variable_rule(where, rule, selector)
+                found = selector.match_variables(tree)
+            else:
                 found = selector.match(tree)
-            except PlanError as e:
-                raise PlanError(f"Rule {index + 1} ({rule.describe()}): {e}") from None
-            if not found:
-                message = (
-                    f"Rule {index + 1} ({rule.describe()}): selector {selector.text!r} "
-                    "matched no layer." + selector.suggestion(tree)
-                )
-                if strict:
-                    raise PlanError(message)
-                warnings.warn(message + " Skipped (strict=False).", stacklevel=_user_stacklevel())
+        except PlanError as e:
+            raise PlanError(f"{where}: {e}") from None
+        if not found:
+            what = "variable" if isinstance(selector, VariableSelector) else "layer"
+            message = f"{where}: selector {selector.text!r} matched no {what}." + selector.suggestion(tree)
+            if strict:
+                raise PlanError(message)
+            warnings.warn(message + " Skipped (strict=False).", stacklevel=_user_stacklevel())
+        if isinstance(selector, VariableSelector):
+            for node, v in found:
+                variables.setdefault(id(v), (node, v))
+        else:
             for node in found:
                 for inner in node.descendants():
-                    selected.setdefault(id(inner), inner)
-        for key, value in rule.settings().items():
-            for node_id in selected:
-                settings[node_id][key] = value
-                decided_by[node_id][key] = index
-        params = sum(variable_size(v) for n in selected.values() for v in n.variables)
-        ordered = tuple(n for n in tree if id(n) in selected)
-        matches.append(RuleMatch(index, rule, ordered, params))
+                    layers.setdefault(id(inner), inner)
+    ordered = [n for n in tree if id(n) in layers]
+    _check_never_trained(where, rule, ordered, list(variables.values()))
+    return ordered, list(variables.values())
 
-    layers = {
-        id(node): LayerDecision(node, dict(settings[id(node)]), dict(decided_by[id(node)]))
-        for node in tree
-    }
-    variables = []
+
+def _check_variable_rule(where: str, rule: Rule, selector: Selector) -> None:
+    unsupported = sorted(set(rule.settings()) - _VARIABLE_SETTINGS)
+    if unsupported:
+        raise PlanError(
+            f"selector {selector.text!r} names variables, but the {rule.kind} rule sets "
+            f"{', '.join(unsupported)}, which belongs to a layer. Expected a layer selector "
+            f"here, e.g. {selector.text[len('var:'):].rsplit('/', 1)[0]!r}."
+        )
+
+
+def _check_never_trained(where: str, rule: Rule, layers: list[LayerNode], variables: list[tuple]) -> None:
+    if rule.settings().get("trainable") is not True:
+        return
+    states = [node.variable_path(v) for node, v in variables if any(v is s for s in node.states)]
+    if states:
+        raise PlanError(
+            f"{where}: {', '.join(repr(p) for p in states[:3])} never train (statistics Keras "
+            "updates itself, such as BatchNormalization's moving mean and variance). Expected "
+            "variables that can train, e.g. a kernel or a bias; use an inference rule to keep "
+            "statistics fixed."
+        )
+
+
+def _rule_match(index: int, rule: Rule, tree: LayerTree, layers: list[LayerNode], variables: list[tuple]) -> RuleMatch:
+    counted = {id(v): v for n in layers for v in n.variables}
+    counted.update((id(v), v) for _, v in variables)
+    owners = {id(n) for n in layers} | {id(n) for n, _ in variables}
+    ordered = tuple(n for n in tree if id(n) in owners)
+    return RuleMatch(index, rule, ordered, sum(variable_size(v) for v in counted.values()))
+
+
+def _decide_variables(tree: LayerTree, effective: set[int], by_variable: dict) -> list[VariableDecision]:
+    decisions = []
     for node in tree:
-        rule = decided_by[id(node)]["trainable"]
-        lr = float(settings[id(node)]["lr"])
         for v in node.weights:
-            if rule is None:
-                # Untouched layers keep exactly what Keras trains now.
-                variables.append(VariableDecision(v, node, id(v) in effective, None, False, lr))
-            else:
-                variables.append(VariableDecision(v, node, bool(settings[id(node)]["trainable"]), rule, False, lr))
+            chosen = by_variable.get(id(v), {})
+            # Untouched variables keep exactly what Keras trains now.
+            trainable, rule = chosen.get("trainable", (id(v) in effective, None))
+            lr = chosen.get("lr", (tree.lr_multiplier(v), None))[0]
+            decisions.append(VariableDecision(v, node, bool(trainable), rule, False, float(lr)))
         for v in node.states:
-            variables.append(VariableDecision(v, node, False, None, True))
-    return Resolution(tree, plan, layers, tuple(variables), tuple(matches))
+            decisions.append(VariableDecision(v, node, False, None, True))
+    return decisions
+
+
+# What a rule may set on a single variable; modes belong to layers.
+_VARIABLE_SETTINGS = {"trainable", "lr"}

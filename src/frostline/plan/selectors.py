@@ -7,6 +7,7 @@
 | `re:<regex>`              | full paths, `re.fullmatch`                               |
 | `type:BatchNormalization` | layers whose class, or any base class, has that name     |
 | `base[:-5]`, `[2:4]`      | a container's direct layers by Python slice              |
+| `var:base/**/bias`        | variables by path (layer path + `/` + variable name)     |
 
 A trailing `[...]` is a slice when it holds a colon (`base[3:4]`); without one it is a
 glob character class (`conv[12]`).
@@ -25,7 +26,7 @@ import keras
 from frostline.errors import PlanError, did_you_mean
 from frostline.model.tree import LayerNode, LayerTree
 
-__all__ = ["Selector", "parse_selector"]
+__all__ = ["Selector", "VariableSelector", "parse_selector"]
 
 _SLICE = re.compile(r"^(?P<prefix>.*)\[(?P<body>\s*-?\d*\s*:\s*-?\d*\s*(?::\s*-?\d*\s*)?)\]$")
 
@@ -154,6 +155,44 @@ class RegexSelector(Selector):
         return [n for n in tree.layers if any(self.regex.fullmatch(p) for p in n.paths)]
 
 
+class VariableSelector(Selector):
+    """Single variables whose path (the layer's path, `/`, the variable's name, as in
+    `"base/block1_conv/kernel"`) matches a glob; `*` stays in a segment, `**` does not.
+
+    `match` gives the layers that own matched variables; rules use `match_variables`.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.pattern = text[len("var:"):].strip()
+        if not self.pattern:
+            raise PlanError(
+                f"Expected a variable path or glob after 'var:', e.g. 'var:base/**/bias'. Received: {text!r}"
+            )
+        self.regex = re.compile(_glob_to_regex(self.pattern))
+
+    def match_variables(self, tree: LayerTree) -> list[tuple[LayerNode, keras.Variable]]:
+        """`(layer, variable)` for every variable of the tree whose path matches."""
+        return [
+            (node, v)
+            for node in tree.layers
+            for v in node.variables
+            if any(self.regex.fullmatch(f"{p}/{v.name}") for p in node.paths)
+        ]
+
+    def match(self, tree: LayerTree) -> list[LayerNode]:
+        owners = {id(node) for node, _ in self.match_variables(tree)}
+        return [n for n in tree.layers if id(n) in owners]
+
+    def suggestion(self, tree: LayerTree) -> str:
+        paths = [f"{p}/{v.name}" for n in tree.layers for v in n.variables for p in n.paths]
+        close = difflib.get_close_matches(self.pattern, paths, n=3, cutoff=0.5)
+        if not close:
+            return (" No variable path is close. A variable's path is its layer's path, '/', and its "
+                    "name, e.g. 'var:base/block1_conv/kernel'.")
+        return f" Did you mean 'var:{close[0]}'? Closest variable paths: " + ", ".join(repr(p) for p in close) + "."
+
+
 def _known_layer_types(tree: LayerTree) -> set[str]:
     names = {
         cls.__name__
@@ -255,6 +294,8 @@ def parse_selector(text: str | Selector) -> Selector:
     PathSelector('base/block5_*')
     >>> parse_selector("base[:-5]")
     SliceSelector('base[:-5]')
+    >>> parse_selector("var:base/**/bias")
+    VariableSelector('var:base/**/bias')
     """
     if isinstance(text, Selector):
         return text
@@ -267,6 +308,8 @@ def parse_selector(text: str | Selector) -> Selector:
     text = text.strip()
     if not text:
         raise PlanError("Received an empty selector. Expected a layer name, path or pattern.")
+    if text.startswith("var:"):
+        return VariableSelector(text)
     if text.startswith("re:"):
         return RegexSelector(text)
     if text.startswith("type:"):
