@@ -1,0 +1,166 @@
+"""The frost-line split: the frozen, deterministic front of a model, cut off for caching.
+
+While a base is frozen and runs in inference mode, every epoch of `fit` computes the
+same activations again. `frost_split` finds the largest part of the graph whose outputs
+cannot change during training — frozen layers in inference mode, and weightless
+deterministic layers (pooling, flatten, reshape, activations, merges) fed only by them —
+and cuts the model there. The trainable remainder is a new Functional model that takes
+the cut tensors as inputs and shares its layers, and so its weights, with the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from frostline import _keras
+from frostline.errors import NotCacheable
+from frostline.model.modes import is_forced_inference, layer_mode
+
+__all__ = ["FrostSplit", "anything_frozen", "deterministic_when_frozen", "frost_split"]
+
+NOTHING_FROZEN = "nothing frozen and deterministic comes before the first trainable or random layer."
+
+
+@dataclasses.dataclass(frozen=True)
+class FrostSplit:
+    """A model cut at its frost line.
+
+    Attributes:
+        frozen: Model from the original inputs to the cut tensors.
+        remainder: Model from the cut tensors to the original outputs; its layers are
+            the original model's layers.
+        cut: Description of the cut tensors: `(name, shape)` each.
+    """
+
+    frozen: keras.Model
+    remainder: keras.Model
+    cut: tuple[tuple[str, tuple], ...]
+
+
+def deterministic_when_frozen(op: Any) -> bool:
+    """Whether an operation's output depends only on its inputs during `fit`.
+
+    Args:
+        op: A layer, or an operation of a Functional graph (`keras.ops.add`, ...).
+
+    Returns:
+        False for a layer with trainable weights, one that would update its statistics
+        (a BatchNormalization in training mode), one that draws random numbers outside
+        inference mode, or one that runs in training mode; True otherwise.
+    """
+    if not isinstance(op, keras.layers.Layer):
+        return True  # keras.ops in a Functional graph: add, concatenate, ...
+    if any(v.trainable for v in op.trainable_weights):
+        return False
+    mode = layer_mode(op)
+    if op.non_trainable_weights and mode == "training":
+        return False  # e.g. a BatchNormalization that would update its statistics
+    if _keras.has_seed_generators(op) and mode != "inference":
+        return False  # Dropout, noise, random augmentation
+    return mode != "training"
+
+
+def anything_frozen(model: keras.Model) -> bool:
+    """Whether the model has a frozen variable or a layer forced into inference mode: a
+    quick test that a frost line may exist, without walking the graph.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        True when `frost_split` might find something to cut.
+    """
+    # Cheap on purpose: a walk of the graph costs seconds on a large model.
+    layers = _keras.all_layers(model)
+    if any(is_forced_inference(layer) for layer in layers):
+        return True
+    capable = {id(v) for layer in layers for v in _keras.own_variables(layer)[0]}
+    return len({id(v) for v in model.trainable_weights}) < len(capable)
+
+
+def _tracing_fn(frozen_ids: set[int]) -> Callable:
+    """The `operation_fn` that runs each operation on symbolic tensors and adds the ids
+    of its outputs to `frozen_ids` when its inputs are all frozen and it is
+    deterministic; nested Functional models are walked into."""
+
+    def run(op):
+        inner = _keras.functional_graph(op) if isinstance(op, keras.Model) else None
+        if inner is not None:
+            def call_nested(*args, **kwargs):
+                inputs = args[0] if len(args) == 1 else list(args)
+                return _keras.run_through_graph(inner, inputs, run)
+            return call_nested
+
+        def call(*args, **kwargs):
+            kwargs.pop("training", None)
+            kwargs.pop("mask", None)
+            flat = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+            outputs = op(*args, **kwargs)
+            if all(id(t) in frozen_ids for t in flat) and deterministic_when_frozen(op):
+                frozen_ids.update(id(t) for t in keras.tree.flatten(outputs))
+            return outputs
+        return call
+
+    return run
+
+
+def _cut_tensors(graph: keras.Model, outputs: Any, frozen_ids: set[int]) -> list:
+    """The frozen tensors that a non-frozen operation reads, and frozen model outputs."""
+    cut: list = []
+
+    def add(tensor) -> None:
+        if id(tensor) in frozen_ids and all(tensor is not c for c in cut):
+            cut.append(tensor)
+
+    for node in _keras.graph_nodes(graph):
+        if node.is_input or not node.operation or all(id(t) in frozen_ids for t in node.outputs):
+            continue
+        for tensor in node.input_tensors:
+            add(tensor)
+    for tensor in keras.tree.flatten(outputs):
+        add(tensor)
+    return cut
+
+
+def frost_split(model: keras.Model) -> FrostSplit:
+    """Cuts `model` at its frost line, as its flags and modes are now.
+
+    Args:
+        model: A Functional or Sequential model (nested models included).
+
+    Returns:
+        A `FrostSplit`.
+
+    Raises:
+        NotCacheable: for a subclassed model, or when nothing frozen and deterministic
+            comes before the first trainable layer.
+
+    Example:
+
+    >>> import keras, frostline as fl
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="body"),
+    ...                           keras.layers.Dense(1, name="head")])
+    >>> _ = fl.apply(model, fl.Plan().freeze("body"))
+    >>> fl.frost_split(model).cut[0][1]
+    (None, 4)
+    """
+    graph = _keras.functional_graph(model)
+    if graph is None:
+        raise NotCacheable(f"{type(model).__name__} {model.name!r} is a subclassed model whose graph cannot be seen.")
+    # Fresh inputs, traced through the graph: the tensors fixed during training are those
+    # computed from them by frozen, deterministic operations only.
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"frost_in_{i}") for i, t in enumerate(graph.inputs)]
+    frozen_ids = {id(t) for t in inputs}
+    model_inputs = inputs[0] if len(inputs) == 1 else inputs
+    outputs = _keras.run_through_graph(graph, model_inputs, _tracing_fn(frozen_ids))
+    cut = _cut_tensors(keras.Model(model_inputs, outputs), outputs, frozen_ids)
+    if all(any(t is i for i in inputs) for t in cut):
+        raise NotCacheable(NOTHING_FROZEN)
+    cut_tensors = cut[0] if len(cut) == 1 else cut
+    frozen = keras.Model(model_inputs, cut_tensors, name=f"{model.name}_frozen")
+    remainder = keras.Model(cut_tensors, outputs, name=f"{model.name}_remainder")
+    return FrostSplit(frozen, remainder, tuple((t.name, tuple(t.shape)) for t in cut))

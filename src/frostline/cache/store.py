@@ -1,0 +1,221 @@
+"""Where cached activations live: in memory as arrays, or on disk as `.npy` files read a
+batch at a time; and computing them from the frozen front of a split model."""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = ["CachedBatches", "DiskActivations", "compute_in_memory", "compute_on_disk", "is_arrays", "samples"]
+
+
+def is_arrays(value: Any) -> bool:
+    """Whether `value` is a NumPy array, or a non-empty list, tuple or dict of them."""
+    if isinstance(value, np.ndarray):
+        return True
+    if isinstance(value, (list, tuple)) and value:
+        return all(isinstance(v, np.ndarray) for v in value)
+    if isinstance(value, dict) and value:
+        return all(isinstance(v, np.ndarray) for v in value.values())
+    return False
+
+
+def samples(x: Any) -> int | None:
+    """The number of samples in NumPy inputs (an array, or a list or dict of them);
+    None for anything else (datasets, generators).
+
+    Example:
+
+    >>> import numpy as np
+    >>> samples({"a": np.zeros((5, 2)), "b": np.zeros((5,))}), samples(iter([]))
+    (5, None)
+    """
+    if not is_arrays(x):
+        return None
+    first = x if isinstance(x, np.ndarray) else (list(x.values())[0] if isinstance(x, dict) else x[0])
+    return len(first)
+
+
+def _rows(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, np.ndarray):
+        return x[start:stop]
+    if isinstance(x, dict):
+        return {k: v[start:stop] for k, v in x.items()}
+    return [v[start:stop] for v in x]
+
+
+def _read_exactly(fd: int, view: memoryview, position: int) -> None:
+    while view:
+        done = os.preadv(fd, [view], position)
+        if done == 0:
+            raise OSError(f"The activation cache file ended early (at byte {position}).")
+        view, position = view[done:], position + done
+
+
+class DiskActivations:
+    """Activations in `.npy` files, written a chunk at a time and read a batch at a time
+    with plain file reads. No file is memory-mapped, so the process holds only the
+    batches in flight however large the files grow; the operating system's file cache
+    (which gives memory back under pressure) does the rest.
+
+    Args:
+        folder: Where the files go (one per cut tensor).
+        label: File name prefix, e.g. "train".
+        shapes: Each cut tensor's shape without the batch axis.
+        dtype: The stored dtype.
+        count: The number of samples.
+    """
+
+    def __init__(self, folder: str, label: str, shapes: list[tuple], dtype: np.dtype, count: int):
+        self.shapes = [tuple(int(d) for d in shape) for shape in shapes]
+        self.dtype = np.dtype(dtype)
+        self.count = count
+        self.paths = [os.path.join(folder, f"{label}-{i}.npy") for i in range(len(self.shapes))]
+        self._row_bytes = [int(np.prod(shape)) * self.dtype.itemsize for shape in self.shapes]
+        self._offsets: list[int] = []
+        self._fds: list[int] = []
+        try:
+            for path, shape in zip(self.paths, self.shapes):
+                self._offsets.append(self._write_header(path, shape))
+                self._fds.append(os.open(path, os.O_RDWR))
+        except BaseException:
+            self.close()  # the files opened before the one that failed
+            raise
+
+    def _write_header(self, path: str, shape: tuple) -> int:
+        """Writes a `.npy` header for `count` rows of `shape`; returns where data begins."""
+        with open(path, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                      "shape": (self.count, *shape)}
+            np.lib.format.write_array_header_2_0(f, header)
+            return f.tell()
+
+    @property
+    def nbytes(self) -> int:
+        """The activations' size in bytes, headers excluded."""
+        return self.count * sum(self._row_bytes)
+
+    def write(self, start: int, arrays: list[np.ndarray]) -> None:
+        """Writes rows `start ... start + len(arrays[0])` of every file."""
+        for fd, offset, row, array in zip(self._fds, self._offsets, self._row_bytes, arrays):
+            data = memoryview(np.ascontiguousarray(array, dtype=self.dtype)).cast("B")
+            position = offset + start * row
+            while data:
+                written = os.pwrite(fd, data, position)
+                data, position = data[written:], position + written
+
+    def read(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The rows at `indices`, in that order, one array per cut tensor."""
+        indices = np.asarray(indices)
+        contiguous = len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
+        out = []
+        for fd, offset, row, shape in zip(self._fds, self._offsets, self._row_bytes, self.shapes):
+            # Each batch in its own anonymous mapping, unmapped when the batch is
+            # dropped: the C heap would keep batch-sized blocks of every thread.
+            buffer = mmap.mmap(-1, max(1, row * len(indices)))
+            view = memoryview(buffer)
+            if contiguous:
+                _read_exactly(fd, view, offset + int(indices[0]) * row)
+            else:
+                for k, i in enumerate(indices):
+                    _read_exactly(fd, view[k * row:(k + 1) * row], offset + int(i) * row)
+            out.append(np.frombuffer(buffer, dtype=self.dtype, count=len(indices) * row // self.dtype.itemsize)
+                       .reshape((len(indices), *shape)))
+        return out
+
+    def close(self) -> None:
+        """Closes the files (they stay on disk)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+class CachedBatches(keras.utils.PyDataset):
+    """Batches of disk-cached activations with their labels (and sample weights), in
+    order, or reshuffled at each epoch from NumPy's random generator.
+
+    Args:
+        features: The `DiskActivations`.
+        y: The labels, an array.
+        sample_weight: An array, or None.
+        batch_size: Samples per batch.
+        shuffle: Reorder the samples at every epoch.
+    """
+
+    def __init__(self, features: DiskActivations, y: np.ndarray, sample_weight: np.ndarray | None,
+                 batch_size: int, shuffle: bool):
+        super().__init__()
+        self.features = features
+        self.y = y
+        self.sample_weight = sample_weight
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.order = np.arange(features.count)
+
+    def __len__(self) -> int:
+        return math.ceil(self.features.count / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        xs = self.features.read(rows)
+        x = xs[0] if len(xs) == 1 else xs
+        if self.sample_weight is None:
+            return x, self.y[rows]
+        return x, self.y[rows], self.sample_weight[rows]
+
+    def on_epoch_begin(self) -> None:
+        if self.shuffle:
+            self.order = np.random.permutation(self.features.count)
+
+
+def compute_in_memory(frozen: keras.Model, x: Any, *, batch_size: int, dtype: np.dtype) -> Any:
+    """The frozen front's outputs for `x`, as arrays of `dtype` (a list for several cut
+    tensors).
+
+    Args:
+        frozen: The frozen part of a `FrostSplit`.
+        x: NumPy inputs.
+        batch_size: The batch size of `predict`.
+        dtype: The stored dtype.
+    """
+    out = frozen.predict(x, batch_size=batch_size, verbose=0)
+    outs = [np.asarray(o, dtype=dtype) for o in (out if isinstance(out, list) else [out])]
+    return outs[0] if len(outs) == 1 else outs
+
+
+def compute_on_disk(frozen: keras.Model, x: Any, *, shapes: list[tuple], batch_size: int, dtype: np.dtype,
+                    folder: str, label: str, memory_limit: int) -> DiskActivations:
+    """The frozen front's outputs for `x`, written to files a chunk at a time.
+
+    Args:
+        frozen: The frozen part of a `FrostSplit`.
+        x: NumPy inputs.
+        shapes: The cut tensors' shapes without the batch axis.
+        batch_size: The batch size of `predict`.
+        dtype: The stored dtype.
+        folder: Where the files go.
+        label: File name prefix, e.g. "train".
+        memory_limit: A chunk is as many whole batches as fit in a quarter of this
+            many bytes, and at least one.
+
+    Returns:
+        The open `DiskActivations`; the caller closes it.
+    """
+    n = samples(x)
+    store = DiskActivations(folder, label, shapes, dtype, n)
+    per_sample = max(1, store.nbytes // max(n, 1))
+    chunk = max(batch_size, (memory_limit // 4 // per_sample) // batch_size * batch_size)
+    try:
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            out = frozen.predict(_rows(x, start, stop), batch_size=batch_size, verbose=0)
+            store.write(start, out if isinstance(out, list) else [out])
+    except BaseException:
+        store.close()
+        raise
+    return store
