@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 import keras
 
+from frostline import _keras
+from frostline.errors import DistributionError, FrostlineTypeError
+
 __all__ = ["DistributedRun", "data_parallel"]
 
 _MORE_CPU_DEVICES = "XLA_FLAGS=--xla_force_host_platform_device_count=N (set before JAX starts)"
@@ -52,7 +55,7 @@ def data_parallel(
         A `keras.distribution.DataParallel` to pass as `FineTune(distribution=...)`.
 
     Raises:
-        ValueError: on a backend other than JAX, for more devices than exist, or for
+        DistributionError: on a backend other than JAX, for more devices than exist, or for
             a count that is not a positive integer.
 
     Example:
@@ -62,7 +65,7 @@ def data_parallel(
     1
     """
     if keras.backend.backend() != "jax":
-        raise ValueError(
+        raise DistributionError(
             "keras.distribution.DataParallel needs the JAX backend; Keras does not support it on "
             f"{keras.backend.backend()!r}." + _backend_hint()
         )
@@ -71,9 +74,9 @@ def data_parallel(
         chosen = available
     elif isinstance(devices, int) and not isinstance(devices, bool):
         if devices < 1:
-            raise ValueError(f"Expected devices to be a positive integer or 'auto'. Received: devices={devices}")
+            raise DistributionError(f"Expected devices to be a positive integer or 'auto'. Received: devices={devices}")
         if devices > len(available):
-            raise ValueError(
+            raise DistributionError(
                 f"Asked for {devices} devices; this machine has {len(available)} "
                 f"({', '.join(available)}). Use devices='auto' or at most {len(available)}; "
                 f"for more CPU devices in a test, {_MORE_CPU_DEVICES}."
@@ -82,10 +85,10 @@ def data_parallel(
     elif isinstance(devices, (list, tuple)) and devices and all(isinstance(d, str) for d in devices):
         unknown = [d for d in devices if d.lower() not in available]
         if unknown:
-            raise ValueError(f"Unknown devices {unknown}. Available: {available}")
+            raise DistributionError(f"Unknown devices {unknown}. Available: {available}")
         chosen = [d.lower() for d in devices]
     else:
-        raise ValueError(
+        raise DistributionError(
             f"Expected devices to be a positive integer, 'auto' or a list of device names. Received: devices={devices!r}"
         )
     return keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=auto_shard_dataset)
@@ -107,8 +110,8 @@ class DistributedRun:
             `tf.distribute.Strategy` (TensorFlow), or None.
 
     Raises:
-        ValueError: for a distribution this backend cannot run.
-        TypeError: for something that is not a distribution.
+        DistributionError: for a distribution this backend cannot run.
+        FrostlineTypeError: for something that is not a distribution.
     """
 
     def __init__(self, distribution: Any = None):
@@ -118,12 +121,12 @@ class DistributedRun:
             return
         if isinstance(distribution, (keras.distribution.DataParallel, keras.distribution.ModelParallel)):
             if keras.backend.backend() != "jax":
-                raise ValueError(
+                raise DistributionError(
                     f"{type(distribution).__name__} needs the JAX backend; Keras does not support "
                     f"keras.distribution on {keras.backend.backend()!r}." + _backend_hint()
                 )
             if not isinstance(distribution, keras.distribution.DataParallel):
-                raise ValueError(
+                raise DistributionError(
                     "FineTune supports keras.distribution.DataParallel (weights copied to every "
                     f"device). Received: {type(distribution).__name__}"
                 )
@@ -136,11 +139,11 @@ class DistributedRun:
                 else "keras.distribution.DataParallel (frostline.data_parallel())"
             )
             if keras.backend.backend() == "torch":
-                raise ValueError(
+                raise DistributionError(
                     "Keras does not support data parallelism on the 'torch' backend; received "
                     f"distribution={distribution!r}." + _backend_hint()
                 )
-            raise TypeError(f"Expected distribution to be {supported} or None. Received: {distribution!r}")
+            raise FrostlineTypeError(f"Expected distribution to be {supported} or None. Received: {distribution!r}")
 
     @property
     def replicas(self) -> int:
@@ -197,13 +200,11 @@ class DistributedRun:
         that they were made under the strategy's scope (TensorFlow).
 
         Raises:
-            ValueError: on TensorFlow, for a variable made outside the strategy's scope.
+            DistributionError: on TensorFlow, for a variable made outside the strategy's scope.
         """
         if self.kind == "keras":
             for v in variables:
-                if getattr(v, "_layout", None) is None:
-                    v._layout = self.distribution.get_variable_layout(v)
-                    v._direct_assign(v.value)
+                _keras.place_variable(v, self.distribution)
         elif self.kind == "tf":
             self.check_variables(variables)
 
@@ -212,15 +213,15 @@ class DistributedRun:
         TensorFlow cannot move onto the strategy's devices; elsewhere does nothing.
 
         Raises:
-            ValueError: naming the first such variable and saying where to build it.
+            DistributionError: naming the first such variable and saying where to build it.
         """
         if self.kind != "tf":
             return
         strategy = self.distribution
         for v in variables:
-            inner = getattr(v, "_value", v)
+            inner = _keras.backend_variable(v)
             if not strategy.extended.variable_created_in_scope(inner):
-                raise ValueError(
+                raise DistributionError(
                     f"Variable {v.path!r} was made outside the strategy's scope; TensorFlow "
                     "cannot move it onto the strategy's devices. Build the model (and an "
                     "optimizer you pass) under `with strategy.scope():` and pass the same "
@@ -231,10 +232,10 @@ class DistributedRun:
         """Refuses NumPy inputs that Keras would try to split over several hosts.
 
         Raises:
-            ValueError: saying to give each host its part and turn auto-sharding off.
+            DistributionError: saying to give each host its part and turn auto-sharding off.
         """
         if self.processes > 1 and self.distribution.auto_shard_dataset:
-            raise ValueError(
+            raise DistributionError(
                 f"This run spans {self.processes} processes and the data are NumPy "
                 "arrays, which Keras cannot split over hosts. Give each process its own part of the "
                 "data and use frostline.data_parallel(..., auto_shard_dataset=False), or pass a "
@@ -246,7 +247,7 @@ class DistributedRun:
         share equally (JAX would fail partway through an epoch).
 
         Raises:
-            ValueError: saying which batch, and what would divide.
+            DistributionError: saying which batch, and what would divide.
         """
         devices = self.local_replicas
         if self.kind != "keras" or devices == 1:
@@ -255,13 +256,13 @@ class DistributedRun:
         if batch % devices:
             lower, upper = batch - batch % devices, batch + devices - batch % devices
             suggestion = f"{lower} or {upper}" if lower else f"{upper}"
-            raise ValueError(
+            raise DistributionError(
                 f"batch_size={batch} cannot be split over {devices} devices: expected a multiple of "
                 f"{devices}, e.g. {suggestion}."
             )
         if samples is not None and samples % batch % devices:
             last = samples % batch
-            raise ValueError(
+            raise DistributionError(
                 f"The {what} has {samples} samples, so its last batch has {last}, which cannot be split "
                 f"over {devices} devices. Drop {last % devices} samples (use {samples - last % devices}) "
                 f"or choose a batch size that leaves a last batch divisible by {devices}."

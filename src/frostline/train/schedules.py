@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import keras
 
-from frostline.train.runner import Phase
-from frostline.plan.plan import Plan
+from frostline.errors import FrostlineValueError
 from frostline.model.tree import LayerTree
+from frostline.plan.plan import Plan
+from frostline.train.phase import Phase
 
 __all__ = ["gradual_unfreeze", "layerwise_decay", "two_phase"]
 
@@ -83,7 +84,7 @@ def gradual_unfreeze(
     """
     blocks = list(blocks)
     if not blocks:
-        raise ValueError("Expected at least one block selector. Received an empty list.")
+        raise FrostlineValueError("Expected at least one block selector. Received an empty list.")
     phases = [Phase("head", head_epochs or epochs_per_block, Plan().freeze(blocks), learning_rate)]
     for block in reversed(blocks):
         phases.append(Phase(f"unfreeze {block}", epochs_per_block, Plan().unfreeze(block), learning_rate))
@@ -118,7 +119,7 @@ def layerwise_decay(
     Plan(lr a x0.25; lr b x0.5; lr c x1)
     """
     if not (0 < decay <= 1):
-        raise ValueError(f"Expected decay in (0, 1]. Received: decay={decay!r}")
+        raise FrostlineValueError(f"Expected decay in (0, 1]. Received: decay={decay!r}")
     if blocks is None:
         tree = LayerTree(model)
         blocks = [
