@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from frostline.train.runner import FineTune, Phase
 from frostline.plan.plan import Plan
+from frostline.train.phase import Phase, PhaseInfo
+from frostline.train.runner import FineTune
 
 __all__ = ["cache_benchmark", "main", "memory_benchmark", "memory_main"]
 
@@ -34,6 +35,18 @@ def _model(image_size: int, classes: int) -> keras.Model:
     return keras.Sequential([keras.Input((image_size, image_size, 3)), base,
                              keras.layers.GlobalAveragePooling2D(name="pool"),
                              keras.layers.Dense(classes, name="head")], name="bench")
+
+
+class _CacheSizes(FineTune):
+    """A FineTune that notes each phase's cache size, in bytes, in `sizes`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
+
+    def on_phase_begin(self, phase: Phase, info: PhaseInfo) -> None:
+        self.sizes.append(info.cache_bytes)
+        super().on_phase_begin(phase, info)
 
 
 def _timed(fn) -> float:
@@ -65,28 +78,10 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
     say(f"(a) plain Keras fit, frozen base:        {t_plain:8.1f} s")
 
     cached = fresh()
-    run = FineTune(cached, [Phase("head", epochs, Plan().freeze(cached.layers[0].name))],
-                   optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-    sizes = []
-    original = run._cache.for_phase
-
-    def recording(*args, **kwargs):
-        context = original(*args, **kwargs)
-
-        class Wrap:
-            def __enter__(self):
-                value = context.__enter__()
-                sizes.append(value.nbytes)
-                return value
-
-            def __exit__(self, *exc):
-                return context.__exit__(*exc)
-
-        return Wrap()
-
-    run._cache.for_phase = recording
+    run = _CacheSizes(cached, [Phase("head", epochs, Plan().freeze(cached.layers[0].name))],
+                      optimizer=keras.optimizers.Adam(1e-3), loss=loss)
     t_cached = _timed(lambda: run.fit(x, y, batch_size=batch_size, verbose=0, shuffle=False))
-    say(f"(b) frostline phase, cache='auto':       {t_cached:8.1f} s  (cache {sizes[0]:,} bytes)")
+    say(f"(b) frostline phase, cache='auto':       {t_cached:8.1f} s  (cache {run.sizes[0]:,} bytes)")
 
     floor_model = fresh()
     base, pool, head = floor_model.layers
@@ -127,7 +122,7 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
     return {
         "plain": t_plain, "cached": t_cached, "floor": t_floor,
         "speedup": t_plain / t_cached, "floor_ratio": t_cached / t_floor,
-        "unfrozen_overhead": overhead, "cache_bytes": sizes[0],
+        "unfrozen_overhead": overhead, "cache_bytes": run.sizes[0],
         "head_disagreement": disagreement,
     }
 

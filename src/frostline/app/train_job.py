@@ -16,14 +16,15 @@ import keras
 import numpy as np
 import yaml
 
-from frostline.apply.apply import scoped
-from frostline.train.checkpoint import read_latest
-from frostline.app.config import ConfigError, TrainConfig
-from frostline.train.distribute import data_parallel
-from frostline.errors import PlanError
-from frostline.train.runner import FineTune, Phase
+from frostline.app.config import TrainConfig
 from frostline.app.plots import plot_frost_lines, plot_history
+from frostline.apply.apply import scoped
+from frostline.errors import ConfigError, PlanError
 from frostline.inspect.report import report
+from frostline.train.checkpoint import read_latest
+from frostline.train.distribute import data_parallel
+from frostline.train.phase import Phase
+from frostline.train.runner import FineTune
 
 __all__ = ["build_model", "load_data", "run_training", "validate_plans"]
 
@@ -168,7 +169,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
                    checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed, distribution=distribution)
     batch = config.data.batch_size if config.data.npz is not None else None
     try:
-        run._distributed.check_batches(None, config.data.batch_size, "training data")
+        run.distributed.check_batches(None, config.data.batch_size, "training data")
         run.check(x, y, validation_data=validation, batch_size=batch)
     except ValueError as e:
         where = f" (with distribution.data_parallel: {config.distribution.data_parallel})" if config.distribution else ""
