@@ -8,6 +8,7 @@ from frostline import _keras  # noqa: E402
 
 _keras.check_version()
 
+from frostline.apply.adapters import load_adapters, merge_adapters, save_adapters  # noqa: E402
 from frostline.apply.apply import apply, scoped  # noqa: E402
 from frostline.apply.guard import FreezeGuard  # noqa: E402
 from frostline.apply.learning_rate import PhaseSchedule  # noqa: E402
@@ -36,7 +37,7 @@ from frostline.inspect.saving import applied_plan, load_plan  # noqa: E402
 from frostline.model.tree import LayerNode, LayerTree  # noqa: E402
 from frostline.plan.plan import Plan  # noqa: E402
 from frostline.plan.resolve import LayerDecision, Resolution, RuleMatch, VariableDecision, resolve  # noqa: E402
-from frostline.plan.rules import Freeze, Inference, LearningRate, Rule, Unfreeze, register_rule  # noqa: E402
+from frostline.plan.rules import Freeze, Inference, LearningRate, Lora, Rule, Unfreeze, register_rule  # noqa: E402
 from frostline.plan.selectors import Selector, VariableSelector, parse_selector  # noqa: E402
 from frostline.train import schedules  # noqa: E402
 from frostline.train.distribute import data_parallel  # noqa: E402
@@ -66,6 +67,7 @@ __all__ = [
     "LayerRow",
     "LayerTree",
     "LearningRate",
+    "Lora",
     "NoStoredPlan",
     "NotCacheable",
     "Phase",
@@ -87,12 +89,15 @@ __all__ = [
     "data_parallel",
     "fingerprint",
     "frost_split",
+    "load_adapters",
     "load_model",
     "load_plan",
     "parse_selector",
+    "merge_adapters",
     "register_rule",
     "report",
     "resolve",
+    "save_adapters",
     "schedules",
     "scoped",
     "sync",

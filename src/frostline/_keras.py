@@ -296,3 +296,51 @@ def overrides_hook(callback: keras.callbacks.Callback, hook: str) -> bool:
     the `_is_default` mark Keras puts on the base class's empty hooks, which lets fit skip
     batch-level dispatch when no callback needs it."""
     return not getattr(getattr(callback, hook), "_is_default", False)
+
+
+# ---- LoRA adapters -------------------------------------------------------------------
+
+
+def lora_base_variable(layer: keras.layers.Layer) -> keras.Variable | None:
+    """The variable `enable_lora` freezes: `Dense`/`EinsumDense`/conv layers' `_kernel`
+    (their public `kernel` is computed when quantized), `Embedding.embeddings`."""
+    for name in ("_kernel", "embeddings"):
+        value = layer.__dict__.get(name)
+        if isinstance(value, keras.Variable):
+            return value
+    return None
+
+
+def merge_lora(layer: keras.layers.Layer) -> None:
+    """Folds a layer's adapters into its base weights, as Keras itself does when it saves
+    (the kernel or embeddings and, for a quantized layer, its new scale), then takes the
+    adapters out (`remove_lora`). Relies on `_get_kernel_with_merged_lora` /
+    `_get_embeddings_with_merged_lora` and on the variables `_kernel`, `kernel_scale`,
+    `kernel_zero`, `embeddings`, `embeddings_scale`."""
+    if hasattr(layer, "_get_embeddings_with_merged_lora"):
+        merged = layer._get_embeddings_with_merged_lora()
+        names = ("embeddings", "embeddings_scale")
+    else:
+        merged = layer._get_kernel_with_merged_lora()
+        names = ("_kernel", "kernel_scale", "kernel_zero")
+    merged = merged if isinstance(merged, tuple) else (merged,)
+    for name, value in zip(names, merged):
+        target = layer.__dict__.get(name)
+        if value is not None and isinstance(target, keras.Variable):
+            target.assign(value)
+    remove_lora(layer)
+
+
+def remove_lora(layer: keras.layers.Layer) -> None:
+    """Takes a layer's LoRA adapters out again (Keras has no `disable_lora`): the adapter
+    variables are untracked through `Layer.__delattr__`, and the layer's `lora_*`
+    attributes reset, so that its config no longer asks for adapters."""
+    layer._tracker.unlock()
+    try:
+        for name in [n for n, v in list(vars(layer).items()) if n.startswith("lora_") and isinstance(v, keras.Variable)]:
+            delattr(layer, name)
+    finally:
+        layer._tracker.lock()
+    layer.lora_enabled = False
+    layer.lora_rank = None
+    layer.lora_alpha = None

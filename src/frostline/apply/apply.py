@@ -8,11 +8,13 @@ from collections.abc import Iterator
 import keras
 
 from frostline import _keras
+from frostline.apply.adapters import add_adapters, remove_adapters
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.recording import record_plan
 from frostline.apply.sync import CompiledState, sync, untangle_optimizer_buffers
 from frostline.errors import FrostlineTypeError, TrainableSetMismatch
 from frostline.inspect.report import Report
+from frostline.model.adapters import lora_rank
 from frostline.model.modes import is_forced_inference, set_inference
 from frostline.model.tree import LayerTree
 from frostline.plan.plan import Plan
@@ -123,16 +125,23 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
     resolution = resolve(plan, tree, strict=strict)
     flags = FlagSnapshot(tree)
     compiled = CompiledState(model)
+    adapted: list = []
     try:
+        if resolution.adapters:
+            # New adapter variables: resolve again so that the rules decide them too.
+            adapted = add_adapters(resolution)
+            tree = LayerTree(model)
+            resolution = resolve(plan, tree, strict=strict)
         _write(resolution)
         _check_trainable_set(model, resolution)
-        if FlagSnapshot(tree) != flags:
+        if adapted or FlagSnapshot(tree) != flags:
             sync(model, _stash=stash)
         else:  # nothing changed, nothing to retrace
             untangle_optimizer_buffers(model)
         if record:
             record_plan(model, plan)
     except BaseException:
+        remove_adapters(adapted)
         flags.restore()
         compiled.restore()
         raise
@@ -144,7 +153,7 @@ def scoped(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Ite
     """Applies `plan` inside a `with` block and puts everything back on exit.
 
     On exit, also after an exception, every `trainable` flag and inference mode is
-    restored and the optimizer is rebuilt for the original trainable set; variables
+    restored, LoRA adapters added inside are taken out again, and the optimizer is rebuilt for the original trainable set; variables
     that did not train inside the block get their optimizer slots back as they were.
     This is the model-level freeze Keras users expect: freezing model A in a scope
     leaves model B, which shares a layer with A, free to train that layer afterwards.
@@ -169,11 +178,13 @@ def scoped(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Ite
     """
     tree = LayerTree(model)
     flags = FlagSnapshot(tree)
+    had_adapters = {id(node.layer) for node in tree if lora_rank(node.layer)}
     stash: dict = {}
     report = _apply(model, plan, strict=strict, stash=stash, record=False)
     try:
         yield report
     finally:
+        remove_adapters([n.layer for n in LayerTree(model) if lora_rank(n.layer) and id(n.layer) not in had_adapters])
         flags.restore()
         sync(model, _stash=stash)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from frostline.model.adapters import adapter_variables, lora_rank
 from frostline.model.modes import layer_mode
 from frostline.model.tree import LayerNode, LayerTree, variable_size
 
@@ -26,7 +27,8 @@ class LayerRow:
     `"inference"` (frozen BatchNormalization, or an `inference` rule) or `"-"` (the
     layer behaves the same either way). `lr` is the learning-rate multiplier of the
     layer's weights (`"x0.1"`), `"mixed"` for a container whose layers differ, `"-"`
-    without trainable-capable weights.
+    without trainable-capable weights. `lora` is `"r8 · 1,024"` for a layer with LoRA
+    adapters of rank 8 holding 1,024 parameters (counted in `params` too), `"-"` otherwise.
     """
 
     path: str
@@ -39,6 +41,7 @@ class LayerRow:
     mode: str
     lr: str
     also_at: tuple[str, ...]
+    lora: str = "-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,13 @@ def _lr_label(multipliers: set[float]) -> str:
     if len(multipliers) > 1:
         return "mixed"
     return f"x{next(iter(multipliers)):g}"
+
+
+def _lora_label(layer) -> str:
+    rank = lora_rank(layer)
+    if rank is None:
+        return "-"
+    return f"r{rank} · {sum(variable_size(v) for v in adapter_variables(layer)):,}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -91,6 +101,7 @@ class Report:
         trainable_ids = tree.effective_trainable_ids()
         self.rows: list[LayerRow] = [self._row(node, trainable_ids, tree) for node in tree]
         self.has_lr_multipliers = any(r.lr not in ("x1", "-") for r in self.rows)
+        self.has_adapters = any(r.lora != "-" for r in self.rows)
         self.trainable_params = sum(variable_size(v) for v in model.trainable_weights)
         self.frozen_params = sum(variable_size(v) for v in model.non_trainable_weights)
         self.total_params = self.trainable_params + self.frozen_params
@@ -119,6 +130,7 @@ class Report:
             mode=layer_mode(node.layer),
             lr=_lr_label({tree.lr_multiplier(v) for v in capable}),
             also_at=tuple(node.paths[1:]),
+            lora=_lora_label(node.layer),
         )
 
     @property
@@ -132,7 +144,8 @@ class Report:
 
     def _table(self, max_depth: int | None, *, markdown: bool = False) -> list[list[str]]:
         header = ["layer", "class", "params", "trainable", "state", "mode"]
-        rows = [header + ["lr"] if self.has_lr_multipliers else header]
+        header += ["lr"] if self.has_lr_multipliers else []
+        rows = [header + ["lora"] if self.has_adapters else header]
         for row in self.rows:
             if max_depth is not None and row.depth > max_depth:
                 continue
@@ -141,7 +154,8 @@ class Report:
             if row.also_at:
                 label += "  (shared, also " + ", ".join(quote(p) for p in row.also_at) + ")"
             cells = [label, row.class_name, f"{row.params:,}", f"{row.trainable_params:,}", row.state, row.mode]
-            rows.append(cells + [row.lr] if self.has_lr_multipliers else cells)
+            cells += [row.lr] if self.has_lr_multipliers else []
+            rows.append(cells + [row.lora] if self.has_adapters else cells)
         return rows
 
     def to_string(self, *, max_depth: int | None = None) -> str:
@@ -187,7 +201,7 @@ class Report:
     def to_markdown(self) -> str:
         """The tree table as a GitHub-flavoured markdown table plus the totals."""
         table = self._table(None, markdown=True)
-        align = ["---", "---", "--:", "--:", "---", "---", "--:"][: len(table[0])]
+        align = ["---", "---", "--:", "--:", "---", "---"] + ["--:"] * (len(table[0]) - 6)
         lines = ["| " + " | ".join(table[0]) + " |", "|" + "|".join(align) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in table[1:]]
         if self.rules or self.optimizer:

@@ -13,7 +13,7 @@ import yaml
 from frostline.errors import MissingFileError, PlanError, did_you_mean
 from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerNode, LayerTree
-from frostline.plan.rules import RULE_KINDS, Freeze, Inference, LearningRate, Rule, SelectorsLike, Unfreeze
+from frostline.plan.rules import RULE_KINDS, Freeze, Inference, LearningRate, Lora, Rule, SelectorsLike, Unfreeze
 from frostline.plan.selectors import Selector, parse_selectors
 
 __all__ = ["Plan"]
@@ -101,6 +101,32 @@ class Plan:
             A new Plan.
         """
         return self.with_rule(LearningRate(parse_selectors(selectors), multiplier=multiplier))
+
+    def lora(self, selectors: SelectorsLike, rank: int, *, alpha: float | None = None) -> Plan:
+        """Gives the selected layers LoRA adapters of `rank` (Keras's `enable_lora`).
+
+        The adapters train; each adapted layer's kernel stays frozen whatever later
+        rules say. In a selected container, every layer that supports LoRA is adapted.
+
+        Args:
+            selectors: A selector or a list of them, e.g. `"re:.*/(query|value)"`.
+            rank: The adapters' rank, a positive integer.
+            alpha: Scales the adapters' output by `alpha / rank`. Defaults to None:
+                `rank` (a scale of 1).
+
+        Returns:
+            A new Plan.
+
+        Raises:
+            PlanError: for a rank that is not a positive integer or a bad alpha; when
+                applied, for a selected layer that cannot take adapters.
+
+        Example:
+
+        >>> print(Plan().freeze("**").lora("re:.*/(query|value)", rank=8, alpha=16))
+        Plan(freeze **; lora re:.*/(query|value) (rank 8, alpha 16))
+        """
+        return self.with_rule(Lora(parse_selectors(selectors), rank=rank, alpha=alpha))
 
     def then(self, other: Plan) -> Plan:
         """A plan with this plan's rules followed by `other`'s."""

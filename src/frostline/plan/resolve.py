@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from frostline.errors import PlanError
+from frostline.model.adapters import adapter_variables, base_variable, is_quantized, lora_rank, lora_unsupported_reason
 from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerNode, LayerTree, variable_size
 from frostline.plan.plan import Plan
@@ -102,6 +103,8 @@ class Resolution:
     layers: Mapping[int, LayerDecision]
     variables: tuple[VariableDecision, ...]
     matches: tuple[RuleMatch, ...]
+    adapters: tuple[tuple[LayerNode, int, float | None], ...] = ()
+    """`(layer, rank, alpha)` for each layer a `lora` rule adapts that has no adapters yet."""
 
     def decision(self, node: LayerNode) -> LayerDecision:
         """The decision for one layer of the tree."""
@@ -166,10 +169,17 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     # Per variable: {setting: (value, deciding rule)}; layer rules write through to their
     # layers' variables, so whichever rule came last decides.
     by_variable: dict[int, dict[str, tuple[Any, int]]] = {}
+    # Kernels LoRA keeps frozen, with the rule that adapted them (None: adapted before).
+    locked = {id(base_variable(n.layer)): None for n in tree if lora_rank(n.layer)}
+    adapters: dict[int, tuple[LayerNode, int, float | None]] = {}
     matches = []
     for index, rule in enumerate(plan.rules):
-        layers, variables = _select(index, rule, tree, strict)
+        layers, variables, direct = _select(index, rule, tree, strict)
         for key, value in rule.settings().items():
+            if key == "lora":
+                for node in _lora_targets(index, rule, layers, direct):
+                    _adapt(node, value, index, by_variable, locked, adapters)
+                continue
             for node in layers:
                 settings[id(node)][key] = value
                 decided_by[id(node)][key] = index
@@ -181,8 +191,43 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     layer_decisions = {
         id(node): LayerDecision(node, dict(settings[id(node)]), dict(decided_by[id(node)])) for node in tree
     }
-    decisions = tuple(_decide_variables(tree, effective, by_variable))
-    return Resolution(tree, plan, layer_decisions, decisions, tuple(matches))
+    decisions = tuple(_decide_variables(tree, effective, by_variable, locked))
+    return Resolution(tree, plan, layer_decisions, decisions, tuple(matches), tuple(adapters.values()))
+
+
+def _lora_targets(index: int, rule: Rule, layers: list[LayerNode], direct: list[LayerNode]) -> list[LayerNode]:
+    """The layers a lora rule adapts: every selected layer that supports LoRA; a selected
+    layer (not a container) that does not is an error, and so is a rule adapting none."""
+    where = f"Rule {index + 1} ({rule.describe()})"
+    refused = [(n, lora_unsupported_reason(n.layer)) for n in direct if not n.is_container]
+    refused = [(n, reason) for n, reason in refused if reason is not None]
+    if refused:
+        listed = "; ".join(f"{n.path!r} ({n.class_name}): {reason}" for n, reason in refused[:5])
+        raise PlanError(f"{where}: cannot give LoRA adapters to {listed}. Select Dense, EinsumDense, "
+                        "Embedding or convolution layers, e.g. 're:.*/(query|value)'.")
+    targets = [n for n in layers if not n.is_container and lora_unsupported_reason(n.layer) is None]
+    if not targets:
+        raise PlanError(f"{where}: the selected layers hold no layer that supports LoRA (Dense, EinsumDense, "
+                        "Embedding or convolutions).")
+    return targets
+
+
+def _adapt(node: LayerNode, value: tuple, index: int, by_variable: dict, locked: dict, adapters: dict) -> None:
+    rank, alpha = value
+    current = lora_rank(node.layer)
+    if current is None and id(node) in adapters:
+        current = adapters[id(node)][1]  # adapted by an earlier rule of this plan
+    if current is not None and current != rank:
+        raise PlanError(
+            f"Rule {index + 1} (lora {node.path}, rank {rank}): {node.path!r} already has LoRA "
+            f"adapters of rank {current}; Keras adapts a layer once. Use rank={current}, or merge "
+            "the adapters first (fl.merge_adapters)."
+        )
+    if lora_rank(node.layer) is None:
+        adapters[id(node)] = (node, rank, alpha)
+    for v in adapter_variables(node.layer):
+        by_variable.setdefault(id(v), {})["trainable"] = (True, index)
+    locked[id(base_variable(node.layer))] = index
 
 
 def _current_settings(node: LayerNode, tree: LayerTree, effective: set[int]) -> dict[str, Any]:
@@ -197,9 +242,11 @@ def _current_settings(node: LayerNode, tree: LayerTree, effective: set[int]) -> 
     }
 
 
-def _select(index: int, rule: Rule, tree: LayerTree, strict: bool) -> tuple[list[LayerNode], list[tuple]]:
-    """The layers (containers expanded) and the `(node, variable)` pairs a rule selects."""
+def _select(index: int, rule: Rule, tree: LayerTree, strict: bool) -> tuple[list[LayerNode], list[tuple], list[LayerNode]]:
+    """The layers (containers expanded), the `(node, variable)` pairs, and the layers
+    named directly (containers not expanded) that a rule selects."""
     layers: dict[int, LayerNode] = {}
+    direct: dict[int, LayerNode] = {}
     variables: dict[int, tuple[LayerNode, Any]] = {}
     where = f"Rule {index + 1} ({rule.describe()})"
     for selector in rule.selectors:
@@ -222,11 +269,12 @@ def _select(index: int, rule: Rule, tree: LayerTree, strict: bool) -> tuple[list
                 variables.setdefault(id(v), (node, v))
         else:
             for node in found:
+                direct.setdefault(id(node), node)
                 for inner in node.descendants():
                     layers.setdefault(id(inner), inner)
     ordered = [n for n in tree if id(n) in layers]
     _check_never_trained(where, rule, ordered, list(variables.values()))
-    return ordered, list(variables.values())
+    return ordered, list(variables.values()), list(direct.values())
 
 
 def _check_variable_rule(where: str, rule: Rule, selector: Selector) -> None:
@@ -242,6 +290,15 @@ def _check_variable_rule(where: str, rule: Rule, selector: Selector) -> None:
 def _check_never_trained(where: str, rule: Rule, layers: list[LayerNode], variables: list[tuple]) -> None:
     if rule.settings().get("trainable") is not True:
         return
+    quantized = [n.variable_path(v) for n in layers for v in n.variables if is_quantized(v)]
+    quantized += [n.variable_path(v) for n, v in variables if is_quantized(v)]
+    if quantized:
+        raise PlanError(
+            f"{where}: would unfreeze quantized weights {', '.join(repr(p) for p in quantized[:3])}"
+            + (f" and {len(quantized) - 3} more" if len(quantized) > 3 else "")
+            + ", which cannot train. Expected layers that are not quantized, or LoRA adapters on the "
+            "quantized ones (Plan.lora, then unfreeze 'var:**/lora_*' if they were frozen)."
+        )
     states = [node.variable_path(v) for node, v in variables if any(v is s for s in node.states)]
     if states:
         raise PlanError(
@@ -260,13 +317,15 @@ def _rule_match(index: int, rule: Rule, tree: LayerTree, layers: list[LayerNode]
     return RuleMatch(index, rule, ordered, sum(variable_size(v) for v in counted.values()))
 
 
-def _decide_variables(tree: LayerTree, effective: set[int], by_variable: dict) -> list[VariableDecision]:
+def _decide_variables(tree: LayerTree, effective: set[int], by_variable: dict, locked: dict) -> list[VariableDecision]:
     decisions = []
     for node in tree:
         for v in node.weights:
             chosen = by_variable.get(id(v), {})
             # Untouched variables keep exactly what Keras trains now.
             trainable, rule = chosen.get("trainable", (id(v) in effective, None))
+            if id(v) in locked:  # a LoRA-adapted kernel stays frozen
+                trainable, rule = False, locked[id(v)]
             lr = chosen.get("lr", (tree.lr_multiplier(v), None))[0]
             decisions.append(VariableDecision(v, node, bool(trainable), rule, False, float(lr)))
         for v in node.states:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from frostline.errors import PlanError, did_you_mean
 from frostline.plan.selectors import Selector, parse_selectors
 
-__all__ = ["RULE_KINDS", "Freeze", "Inference", "LearningRate", "Rule", "SelectorsLike", "Unfreeze", "register_rule"]
+__all__ = ["RULE_KINDS", "Freeze", "Inference", "LearningRate", "Lora", "Rule", "SelectorsLike", "Unfreeze", "register_rule"]
 
 SelectorsLike = str | Selector | Iterable[str | Selector]
 
@@ -43,8 +43,11 @@ class Rule:
     def __post_init__(self) -> None:
         # Rules built directly, not through Plan, get the same checks.
         object.__setattr__(self, "selectors", parse_selectors(self.selectors))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name, expected in self.fields.items():
             value = getattr(self, name)
+            if value is None and defaults.get(name) is None:
+                continue  # an optional field left out
             if not _is_instance(value, expected):
                 raise PlanError(
                     f"{self.kind} rule: field {name!r} expects {expected.__name__}. "
@@ -66,7 +69,8 @@ class Rule:
         texts = [s.text for s in self.selectors]
         config: dict[str, Any] = {self.kind: texts[0] if len(texts) == 1 else texts}
         for name in self.fields:
-            config[name] = getattr(self, name)
+            if getattr(self, name) is not None:
+                config[name] = getattr(self, name)
         return config
 
     @classmethod
@@ -97,6 +101,8 @@ class Rule:
                     raise PlanError(f"{where} ({cls.kind}): missing field {name!r}.")
                 continue
             field_value = config[name]
+            if field_value is None and defaults.get(name) is None:
+                continue
             if not _is_instance(field_value, expected):
                 raise PlanError(
                     f"{where} ({cls.kind}): field {name!r} expects {expected.__name__}. "
@@ -198,3 +204,38 @@ class LearningRate(Rule):
             )
 
 
+
+
+@register_rule
+@dataclasses.dataclass(frozen=True)
+class Lora(Rule):
+    """Give the selected layers LoRA adapters, with Keras's own `enable_lora`.
+
+    Every selected layer that supports it (`Dense`, `EinsumDense`, `Embedding`,
+    convolutions) gets adapters of `rank`, scaled by `alpha / rank`; in a selected
+    container, every layer inside that supports it does. The adapters train; the adapted
+    layer's kernel stays frozen whatever later rules say about the layer or its
+    containers. A selected layer that cannot take adapters is a `PlanError` naming it.
+    """
+
+    kind: ClassVar[str] = "lora"
+    fields: ClassVar[Mapping[str, type]] = {"rank": int, "alpha": float}
+
+    rank: int = 0
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise PlanError(
+                f"lora rule: field 'rank' expects a positive integer, e.g. rank=8. Received: {self.rank!r}."
+            )
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise PlanError(f"lora rule: field 'alpha' expects a positive number. Received: {self.alpha!r}.")
+
+    def settings(self) -> dict[str, Any]:
+        return {"lora": (self.rank, self.alpha)}
+
+    def describe(self) -> str:
+        alpha = "" if self.alpha is None else f", alpha {self.alpha:g}"
+        return super().describe() + f" (rank {self.rank}{alpha})"
