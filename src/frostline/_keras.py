@@ -344,3 +344,43 @@ def remove_lora(layer: keras.layers.Layer) -> None:
     layer.lora_enabled = False
     layer.lora_rank = None
     layer.lora_alpha = None
+
+
+# ---- MultiOptimizer ------------------------------------------------------------------
+
+
+def is_multi_optimizer(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether this is Keras's `MultiOptimizer` (per-variable sub-optimizers)."""
+    return type(optimizer).__name__ == "MultiOptimizer" and hasattr(optimizer, "_inner_optimizers")
+
+
+def sub_optimizer_for(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> keras.optimizers.Optimizer:
+    """The sub-optimizer a `MultiOptimizer` gives `variable`, added to its list as its own
+    `build` does when the map returns a new one. Relies on `_optimizer_map` and
+    `_inner_optimizers`."""
+    sub = optimizer._optimizer_map(variable)
+    if not isinstance(sub, keras.optimizers.Optimizer):
+        raise TypeError(f"The MultiOptimizer's map gave {sub!r} for {variable.path}, not an optimizer.")
+    if not any(sub is o for o in optimizer._inner_optimizers):
+        sub.loss_scale_factor = optimizer.loss_scale_factor
+        optimizer._inner_optimizers.append(sub)
+    return sub
+
+
+def sub_optimizers(optimizer: keras.optimizers.Optimizer) -> list:
+    """A `MultiOptimizer`'s sub-optimizers, in its order (`_inner_optimizers`)."""
+    return list(optimizer._inner_optimizers)
+
+
+def set_multi_assignment(optimizer: keras.optimizers.Optimizer, variables: list) -> None:
+    """Marks a `MultiOptimizer` built for `variables`: which sub-optimizer takes each
+    (`_var_to_optimizer_idx`) and its own built-for list and index."""
+    subs = optimizer._inner_optimizers
+    assignment, indices = {}, {}
+    for i, v in enumerate(variables):
+        sub = optimizer._optimizer_map(v)
+        assignment[variable_key(optimizer, v)] = next(k for k, o in enumerate(subs) if o is sub)
+        indices[variable_key(optimizer, v)] = i
+    with DotNotTrackScope():
+        optimizer._var_to_optimizer_idx = assignment
+    set_built_for(optimizer, variables, indices)

@@ -71,10 +71,17 @@ def set_learning_rate(
 
     Raises:
         FrostlineTypeError: for a float when the optimizer was made with a schedule (it
-            has no rate variable to assign).
+            has no rate variable to assign), or for a `MultiOptimizer` (its sub-optimizers
+            have the rates).
     """
     if learning_rate is None:
         return
+    if _keras.is_multi_optimizer(optimizer):
+        raise FrostlineTypeError(
+            f"{what} sets learning_rate={learning_rate!r}, but a MultiOptimizer has no learning rate of "
+            "its own: each sub-optimizer has its rate. Leave the phase's learning_rate unset and set "
+            "the sub-optimizers' rates, or use Plan.lr multipliers."
+        )
     record = _state.optimizer_state(optimizer)
     current = _keras.learning_rate_value(optimizer)
     if record.rate_variable is None and isinstance(current, keras.Variable):

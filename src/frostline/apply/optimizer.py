@@ -58,12 +58,31 @@ class OptimizerSnapshot:
             _state.replace(opt, _state.OptimizerState, record)
 
 
+def _migrate_multi(optimizer: keras.optimizers.Optimizer, variables: list, stash: dict | None) -> None:
+    """A `MultiOptimizer`: each sub-optimizer is migrated for the variables its map gives
+    it (state kept as for any optimizer), then the wrapper records the new assignment."""
+    snapshot = OptimizerSnapshot(optimizer)
+    try:
+        shares: dict[int, list] = {}
+        for v in variables:
+            sub = _keras.sub_optimizer_for(optimizer, v)
+            shares.setdefault(id(sub), []).append(v)
+        for sub in _keras.sub_optimizers(optimizer):
+            share = shares.get(id(sub), [])
+            if sub.built:
+                migrate_optimizer(sub, share, stash=stash)
+            elif share:
+                sub.build(share)
+        _keras.set_multi_assignment(optimizer, list(variables))
+    except TypeError as e:
+        snapshot.restore()
+        raise FrostlineTypeError(f"frostline cannot rebuild this MultiOptimizer for the new trainable set: {e}") from e
+    except BaseException:
+        snapshot.restore()
+        raise
+
+
 def _twin(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    if type(optimizer).__name__ == "MultiOptimizer":
-        raise FrostlineTypeError(
-            "frostline cannot rebuild a MultiOptimizer for a new trainable set. Use one "
-            "optimizer with Plan.lr multipliers for per-layer rates, or recompile."
-        )
     try:
         with warnings.catch_warnings():
             # Keras's own get_config can warn under numpy 2; that is no reason to fail.
@@ -97,6 +116,9 @@ def migrate_optimizer(
         FrostlineTypeError: if the optimizer cannot be recreated from its config.
     """
     if not optimizer.built or optimizer_variables_match(optimizer, variables):
+        return
+    if _keras.is_multi_optimizer(optimizer):
+        _migrate_multi(optimizer, variables, stash)
         return
     # A phase schedule stands in for the rate variable, which stays tracked: put the
     # variable back while the twin is made, so that both have the same structure.

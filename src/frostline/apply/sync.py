@@ -119,9 +119,14 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
 
 def _rebuild_optimizer(model: keras.layers.Layer, stash: dict | None) -> None:
     optimizer = model.optimizer
+    multipliers = model_lr_multipliers(model)
     if getattr(optimizer, "built", False):
         migrate_optimizer(optimizer, model.trainable_variables, stash=stash)
-    install_lr_multipliers(optimizer, model_lr_multipliers(model))
+    elif multipliers and _keras.is_multi_optimizer(optimizer):
+        # Its sub-optimizers exist only once it is built, and the multipliers go on them;
+        # fit would build it for this same trainable set.
+        optimizer.build(model.trainable_variables)
+    install_lr_multipliers(optimizer, multipliers)
 
 
 def _reset_functions(model: keras.layers.Layer) -> None:
