@@ -9,9 +9,20 @@ from frostline.apply.multipliers import install_lr_multipliers, lr_multipliers_i
 from frostline.apply.optimizer import OptimizerSnapshot, migrate_optimizer, optimizer_variables_match
 from frostline.model.modes import is_forced_inference
 
-__all__ = ["CompiledState", "sync", "untangle_optimizer_buffers"]
+__all__ = ["CompiledState", "sync", "traced_functions", "untangle_optimizer_buffers"]
 
 _FUNCTIONS = ("train_function", "test_function", "predict_function")
+
+
+def traced_functions(model: keras.layers.Layer) -> tuple[str, ...]:
+    """The names of the traced functions a model keeps: Keras's train, test and predict
+    functions, and any other `X_function` that a `make_X_function` method makes (such
+    as keras-hub's `generate_function`, which maps variables by position)."""
+    extra = sorted(
+        name for name in vars(model)
+        if name.endswith("_function") and name not in _FUNCTIONS and callable(getattr(model, f"make_{name}", None))
+    )
+    return _FUNCTIONS + tuple(extra)
 
 
 def _sync_key(model: keras.layers.Layer) -> tuple:
@@ -21,7 +32,7 @@ def _sync_key(model: keras.layers.Layer) -> tuple:
         tuple(id(v) for v in model.trainable_variables),
         tuple(sorted((k, m) for k, (_, m) in model_lr_multipliers(model).items())),
         tuple(id(l) for l in _keras.all_layers(model) if is_forced_inference(l)),
-        tuple(id(getattr(model, name, None)) for name in _FUNCTIONS),
+        tuple((name, id(getattr(model, name, None))) for name in traced_functions(model)),
     )
 
 
@@ -34,7 +45,7 @@ class CompiledState:
         self.model = model
         optimizer = getattr(model, "optimizer", None)
         self.optimizer = OptimizerSnapshot(optimizer) if optimizer is not None else None
-        self.functions = {name: getattr(model, name) for name in _FUNCTIONS if hasattr(model, name)}
+        self.functions = {name: getattr(model, name) for name in traced_functions(model) if hasattr(model, name)}
         self.compiled_flags = _keras.compiled_trainable_state(model)
         record = _state.peek(model, _state.ModelState)
         self.sync_key = None if record is None else record.sync_key
@@ -69,8 +80,9 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     `iterations`, learning-rate schedule position and the slots (Adam moments, momentum)
     of every variable that stays trainable carry over; newly trainable variables start
     with fresh slots; newly frozen ones lose theirs. The compiled train, test and
-    predict functions are made anew, so that they are traced for the new set; that works
-    between epochs of a running `fit` too.
+    predict functions, and any other traced function the model keeps (keras-hub's
+    `generate_function`), are made anew, so that they are traced for the new set; that
+    works between epochs of a running `fit` too.
 
     Args:
         model: A Keras model, compiled or not (an uncompiled model needs nothing).
@@ -97,7 +109,7 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     """
     key = _sync_key(model)
     stale_optimizer = _stale_optimizer(model)
-    has_functions = any(getattr(model, name, None) is not None for name in _FUNCTIONS)
+    has_functions = any(getattr(model, name, None) is not None for name in traced_functions(model))
     record = _state.peek(model, _state.ModelState)
     stale_functions = has_functions and (record is None or record.sync_key != key)
     if not stale_optimizer and not stale_functions:
@@ -130,8 +142,8 @@ def _rebuild_optimizer(model: keras.layers.Layer, stash: dict | None) -> None:
 
 
 def _reset_functions(model: keras.layers.Layer) -> None:
-    for name in ("test_function", "predict_function"):
-        if hasattr(model, name):
+    for name in traced_functions(model):
+        if name != "train_function" and hasattr(model, name):
             setattr(model, name, None)
     if getattr(model, "train_function", None) is not None:
         # Made anew rather than dropped: a fit in progress (a callback between epochs)

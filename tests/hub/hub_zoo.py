@@ -1,0 +1,33 @@
+"""Tiny keras-hub models for tests, built from their constructors with random weights."""
+
+import keras_hub
+import numpy as np
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)]
+
+
+def bert_classifier(preprocessor: bool = True):
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(VOCAB), num_layers=2, num_heads=2,
+                                             hidden_dim=8, intermediate_dim=16, max_sequence_length=16)
+    pre = None
+    if preprocessor:
+        tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB)
+        pre = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=pre)
+
+
+def texts(n: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = np.array([" ".join(f"w{i}" for i in rng.integers(0, 45, 5)) for _ in range(n)])
+    return x, rng.integers(0, 2, n)
+
+
+def gemma_lm():
+    backbone = keras_hub.models.GemmaBackbone(vocabulary_size=40, num_layers=2, num_query_heads=2,
+                                              num_key_value_heads=1, hidden_dim=8, intermediate_dim=16, head_dim=4)
+    return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+
+
+def prompt():
+    ids = np.array([[1, 5, 7, 0, 0, 0, 0, 0]], "int32")
+    return {"token_ids": ids, "padding_mask": ids > 0}
