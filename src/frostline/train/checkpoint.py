@@ -26,11 +26,9 @@ import numpy as np
 
 from frostline.errors import CheckpointError
 
-__all__ = ["CheckpointError", "config_differences", "read_latest", "write_checkpoint"]
+__all__ = ["config_differences", "load_into", "read_latest", "write_checkpoint"]
 
 LATEST = "latest"
-
-
 
 
 def _fsync_directory(path: str) -> None:
@@ -68,13 +66,9 @@ def _load_npz(path: str, variables: list, what: str) -> None:
             v.assign(value)
 
 
-def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, state: dict[str, Any]) -> str:
-    """Writes one checkpoint atomically and points `latest` at it; removes older ones.
-
-    Returns:
-        The checkpoint's path.
-    """
-    os.makedirs(directory, exist_ok=True)
+def _write_directory(directory: str, name: str, model: keras.Model, optimizer, state: dict[str, Any]) -> str:
+    """Writes the checkpoint's files into a temporary directory, then renames it into
+    place: a reader never sees a half-written checkpoint."""
     temporary = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
     try:
         _save_npz(os.path.join(temporary, "model.npz"), model.variables)
@@ -91,6 +85,11 @@ def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, s
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    return final
+
+
+def _point_latest_at(directory: str, name: str) -> None:
+    """Replaces the `latest` pointer atomically."""
     pointer = os.path.join(directory, f".{LATEST}.tmp")
     with open(pointer, "w") as f:
         f.write(name)
@@ -98,11 +97,34 @@ def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, s
         os.fsync(f.fileno())
     os.replace(pointer, os.path.join(directory, LATEST))
     _fsync_directory(directory)
+
+
+def _remove_all_but(directory: str, name: str) -> None:
+    """Removes older checkpoints and what interrupted writes left."""
     for entry in os.listdir(directory):
         stale = entry.startswith("epoch-") and entry != name
         interrupted = entry.startswith(".epoch-")
         if stale or interrupted:
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
+def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, state: dict[str, Any]) -> str:
+    """Writes one checkpoint atomically and points `latest` at it; removes older ones.
+
+    Args:
+        directory: The run's checkpoint folder (made if missing).
+        name: The checkpoint's name, e.g. "epoch-00003".
+        model: Its variables go to `model.npz`.
+        optimizer: Its variables go to `optimizer.npz`.
+        state: Written as `state.json`.
+
+    Returns:
+        The checkpoint's path.
+    """
+    os.makedirs(directory, exist_ok=True)
+    final = _write_directory(directory, name, model, optimizer, state)
+    _point_latest_at(directory, name)
+    _remove_all_but(directory, name)
     return final
 
 

@@ -33,6 +33,30 @@ def _backend_hint() -> str:
     return " Run with KERAS_BACKEND=jax for keras.distribution.DataParallel."
 
 
+def _chosen_devices(devices: int | Literal["auto"] | Sequence[str], available: list[str]) -> list[str]:
+    """The devices `data_parallel(devices)` names, checked against those available."""
+    if devices == "auto":
+        return available
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices < 1:
+            raise DistributionError(f"Expected devices to be a positive integer or 'auto'. Received: devices={devices}")
+        if devices > len(available):
+            raise DistributionError(
+                f"Asked for {devices} devices; this machine has {len(available)} "
+                f"({', '.join(available)}). Use devices='auto' or at most {len(available)}; "
+                f"for more CPU devices in a test, {_MORE_CPU_DEVICES}."
+            )
+        return available[:devices]
+    if isinstance(devices, (list, tuple)) and devices and all(isinstance(d, str) for d in devices):
+        unknown = [d for d in devices if d.lower() not in available]
+        if unknown:
+            raise DistributionError(f"Unknown devices {unknown}. Available: {available}")
+        return [d.lower() for d in devices]
+    raise DistributionError(
+        f"Expected devices to be a positive integer, 'auto' or a list of device names. Received: devices={devices!r}"
+    )
+
+
 def data_parallel(
     devices: int | Literal["auto"] | Sequence[str] = "auto", *, auto_shard_dataset: bool = True
 ) -> keras.distribution.DataParallel:
@@ -69,28 +93,7 @@ def data_parallel(
             "keras.distribution.DataParallel needs the JAX backend; Keras does not support it on "
             f"{keras.backend.backend()!r}." + _backend_hint()
         )
-    available = keras.distribution.list_devices()
-    if devices == "auto":
-        chosen = available
-    elif isinstance(devices, int) and not isinstance(devices, bool):
-        if devices < 1:
-            raise DistributionError(f"Expected devices to be a positive integer or 'auto'. Received: devices={devices}")
-        if devices > len(available):
-            raise DistributionError(
-                f"Asked for {devices} devices; this machine has {len(available)} "
-                f"({', '.join(available)}). Use devices='auto' or at most {len(available)}; "
-                f"for more CPU devices in a test, {_MORE_CPU_DEVICES}."
-            )
-        chosen = available[:devices]
-    elif isinstance(devices, (list, tuple)) and devices and all(isinstance(d, str) for d in devices):
-        unknown = [d for d in devices if d.lower() not in available]
-        if unknown:
-            raise DistributionError(f"Unknown devices {unknown}. Available: {available}")
-        chosen = [d.lower() for d in devices]
-    else:
-        raise DistributionError(
-            f"Expected devices to be a positive integer, 'auto' or a list of device names. Received: devices={devices!r}"
-        )
+    chosen = _chosen_devices(devices, keras.distribution.list_devices())
     return keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=auto_shard_dataset)
 
 
@@ -100,6 +103,36 @@ def _is_tf_strategy(value: Any) -> bool:
     import tensorflow as tf
 
     return isinstance(value, tf.distribute.Strategy)
+
+
+def _kind_of(distribution: Any) -> Literal["none", "keras", "tf"]:
+    """Which API runs the distribution: none, keras.distribution (JAX) or tf.distribute."""
+    if distribution is None:
+        return "none"
+    if isinstance(distribution, (keras.distribution.DataParallel, keras.distribution.ModelParallel)):
+        if keras.backend.backend() != "jax":
+            raise DistributionError(
+                f"{type(distribution).__name__} needs the JAX backend; Keras does not support "
+                f"keras.distribution on {keras.backend.backend()!r}." + _backend_hint()
+            )
+        if not isinstance(distribution, keras.distribution.DataParallel):
+            raise DistributionError(
+                "FineTune supports keras.distribution.DataParallel (weights copied to every "
+                f"device). Received: {type(distribution).__name__}"
+            )
+        return "keras"
+    if _is_tf_strategy(distribution):
+        return "tf"
+    if keras.backend.backend() == "torch":
+        raise DistributionError(
+            "Keras does not support data parallelism on the 'torch' backend; received "
+            f"distribution={distribution!r}." + _backend_hint()
+        )
+    supported = (
+        "a tf.distribute strategy" if keras.backend.backend() == "tensorflow"
+        else "keras.distribution.DataParallel (frostline.data_parallel())"
+    )
+    raise FrostlineTypeError(f"Expected distribution to be {supported} or None. Received: {distribution!r}")
 
 
 class DistributedRun:
@@ -116,34 +149,7 @@ class DistributedRun:
 
     def __init__(self, distribution: Any = None):
         self.distribution = distribution
-        self.kind: Literal["none", "keras", "tf"] = "none"
-        if distribution is None:
-            return
-        if isinstance(distribution, (keras.distribution.DataParallel, keras.distribution.ModelParallel)):
-            if keras.backend.backend() != "jax":
-                raise DistributionError(
-                    f"{type(distribution).__name__} needs the JAX backend; Keras does not support "
-                    f"keras.distribution on {keras.backend.backend()!r}." + _backend_hint()
-                )
-            if not isinstance(distribution, keras.distribution.DataParallel):
-                raise DistributionError(
-                    "FineTune supports keras.distribution.DataParallel (weights copied to every "
-                    f"device). Received: {type(distribution).__name__}"
-                )
-            self.kind = "keras"
-        elif _is_tf_strategy(distribution):
-            self.kind = "tf"
-        else:
-            supported = (
-                "a tf.distribute strategy" if keras.backend.backend() == "tensorflow"
-                else "keras.distribution.DataParallel (frostline.data_parallel())"
-            )
-            if keras.backend.backend() == "torch":
-                raise DistributionError(
-                    "Keras does not support data parallelism on the 'torch' backend; received "
-                    f"distribution={distribution!r}." + _backend_hint()
-                )
-            raise FrostlineTypeError(f"Expected distribution to be {supported} or None. Received: {distribution!r}")
+        self.kind: Literal["none", "keras", "tf"] = _kind_of(distribution)
 
     @property
     def replicas(self) -> int:

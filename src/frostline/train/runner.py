@@ -165,6 +165,21 @@ class FineTune:
         Args:
             phase: The phase.
             info: A `PhaseInfo` (without `epochs_run` and `logs` yet).
+
+        Example:
+
+        >>> import keras, numpy as np, frostline as fl
+        >>> class Sizes(fl.FineTune):
+        ...     def on_phase_begin(self, phase, info):
+        ...         print(phase.name, info.cached, info.cache_bytes)
+        ...     def on_phase_end(self, phase, info):
+        ...         print(phase.name, "ran", info.epochs_run, "epochs")
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="body"),
+        ...                           keras.layers.Dense(1, name="head")])
+        >>> run = Sizes(model, [fl.Phase("head", 2, fl.Plan().freeze("body"))], loss="mse")
+        >>> _ = run.fit(np.ones((8, 4)), np.ones((8, 1)), verbose=0)
+        head True 96
+        head ran 2 epochs
         """
         if info.phase_lines:
             print(self.phase_line(phase, info), flush=True)
