@@ -12,6 +12,7 @@ the pairs' ratios).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -55,6 +56,83 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The data, loss and initial weights every measurement of `cache_benchmark` shares."""
+
+    x: np.ndarray
+    y: np.ndarray
+    loss: keras.losses.Loss
+    image_size: int
+    initial: list
+    batch_size: int
+
+    def fresh(self) -> keras.Model:
+        """A new model with the shared initial weights."""
+        model = _model(self.image_size, 5)
+        model.set_weights(self.initial)
+        return model
+
+    def fit(self, model, epochs: int | None = None) -> float:
+        """Seconds of one `fit` (a FineTune's when `epochs` is None)."""
+        kwargs = {} if epochs is None else {"epochs": epochs}
+        return _timed(lambda: model.fit(self.x, self.y, batch_size=self.batch_size, verbose=0, shuffle=False, **kwargs))
+
+
+def _plain_frozen(setup: _Setup, epochs: int) -> tuple[float, keras.Model]:
+    """(a) plain Keras `fit` with the base frozen."""
+    plain = setup.fresh()
+    plain.layers[0].trainable = False
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3), loss=setup.loss)
+    return setup.fit(plain, epochs), plain
+
+
+def _frostline_cached(setup: _Setup, epochs: int) -> tuple[float, keras.Model, int]:
+    """(b) a frostline phase with `cache="auto"`; also returns the cache's size."""
+    cached = setup.fresh()
+    run = _CacheSizes(cached, [Phase("head", epochs, Plan().freeze(cached.layers[0].name))],
+                      optimizer=keras.optimizers.Adam(1e-3), loss=setup.loss)
+    return setup.fit(run), cached, run.sizes[0]
+
+
+def _floor(setup: _Setup, epochs: int) -> tuple[float, keras.layers.Layer]:
+    """(c) one `predict` over the base, then the head alone on those features."""
+    base, pool, head = setup.fresh().layers
+    features_model = keras.Sequential([keras.Input((setup.image_size, setup.image_size, 3)), base, pool])
+    head_model = keras.Sequential([keras.Input((pool.output.shape[-1],)), head])
+    head_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=setup.loss)
+
+    def floor():
+        features = features_model.predict(setup.x, batch_size=setup.batch_size, verbose=0)
+        head_model.fit(features, setup.y, batch_size=setup.batch_size, epochs=epochs, verbose=0, shuffle=False)
+
+    return _timed(floor), head
+
+
+def _unfrozen_pairs(setup: _Setup, epochs: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of plain `fit` and of a frostline phase with the base unfrozen, in pairs."""
+    # Pairs in alternating order, and the median of each pair's ratio: on a small machine
+    # the second of two runs can be the faster one (warm caches) or the slower one (a busy
+    # neighbour), and the machine's speed drifts over minutes.
+    plain_times, ours_times = [], []
+    for repeat in range(repeats):
+        for who in (("plain", "ours") if repeat % 2 == 0 else ("ours", "plain")):
+            model = setup.fresh()
+            if who == "plain":
+                model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=setup.loss)
+                plain_times.append(setup.fit(model, epochs))
+            else:
+                run = FineTune(model, [Phase("all", epochs)], optimizer=keras.optimizers.Adam(1e-4), loss=setup.loss)
+                ours_times.append(setup.fit(run))
+    return plain_times, ours_times
+
+
+def _disagreement(kernels: list) -> float:
+    """The largest relative difference between the first kernel and the others."""
+    values = [keras.ops.convert_to_numpy(k.value) for k in kernels]
+    return max(float(np.max(np.abs(values[0] - v) / (np.abs(values[0]) + 1e-6))) for v in values[1:])
+
+
 def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10, batch_size: int = 32,
                     unfrozen_epochs: int = 2, repeats: int = 4, seed: int = 0, say=print) -> dict[str, float]:
     """Runs the measurements; returns the times, ratios and the cache size."""
@@ -62,58 +140,16 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
     rng = np.random.default_rng(seed)
     x = rng.random((images, image_size, image_size, 3), dtype=np.float32)
     y = rng.integers(0, 5, images)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    reference = _model(image_size, 5)
-    initial = reference.get_weights()
-
-    def fresh() -> keras.Model:
-        model = _model(image_size, 5)
-        model.set_weights(initial)
-        return model
-
-    plain = fresh()
-    plain.layers[0].trainable = False
-    plain.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-    t_plain = _timed(lambda: plain.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False))
+    setup = _Setup(x, y, keras.losses.SparseCategoricalCrossentropy(from_logits=True), image_size,
+                   _model(image_size, 5).get_weights(), batch_size)
+    t_plain, plain = _plain_frozen(setup, epochs)
     say(f"(a) plain Keras fit, frozen base:        {t_plain:8.1f} s")
-
-    cached = fresh()
-    run = _CacheSizes(cached, [Phase("head", epochs, Plan().freeze(cached.layers[0].name))],
-                      optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-    t_cached = _timed(lambda: run.fit(x, y, batch_size=batch_size, verbose=0, shuffle=False))
-    say(f"(b) frostline phase, cache='auto':       {t_cached:8.1f} s  (cache {run.sizes[0]:,} bytes)")
-
-    floor_model = fresh()
-    base, pool, head = floor_model.layers
-    features_model = keras.Sequential([keras.Input((image_size, image_size, 3)), base, pool])
-    head_model = keras.Sequential([keras.Input((pool.output.shape[-1],)), head])
-    head_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-
-    def floor():
-        features = features_model.predict(x, batch_size=batch_size, verbose=0)
-        head_model.fit(features, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False)
-
-    t_floor = _timed(floor)
+    t_cached, cached, cache_bytes = _frostline_cached(setup, epochs)
+    say(f"(b) frostline phase, cache='auto':       {t_cached:8.1f} s  (cache {cache_bytes:,} bytes)")
+    t_floor, head = _floor(setup, epochs)
     say(f"(c) floor: predict once + head alone:    {t_floor:8.1f} s")
-
-    heads = [m.get_layer("head").kernel for m in (plain, cached)] + [head.kernel]
-    values = [keras.ops.convert_to_numpy(k.value) for k in heads]
-    disagreement = max(float(np.max(np.abs(values[0] - v) / (np.abs(values[0]) + 1e-6))) for v in values[1:])
-
-    # Pairs in alternating order, and the median of each pair's ratio: on a small machine
-    # the second of two runs can be the faster one (warm caches) or the slower one (a busy
-    # neighbour), and the machine's speed drifts over minutes.
-    plain_times, ours_times = [], []
-    for repeat in range(repeats):
-        for who in (("plain", "ours") if repeat % 2 == 0 else ("ours", "plain")):
-            model = fresh()
-            if who == "plain":
-                model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss)
-                plain_times.append(_timed(lambda: model.fit(
-                    x, y, batch_size=batch_size, epochs=unfrozen_epochs, verbose=0, shuffle=False)))
-            else:
-                run_all = FineTune(model, [Phase("all", unfrozen_epochs)], optimizer=keras.optimizers.Adam(1e-4), loss=loss)
-                ours_times.append(_timed(lambda: run_all.fit(x, y, batch_size=batch_size, verbose=0, shuffle=False)))
+    disagreement = _disagreement([m.get_layer("head").kernel for m in (plain, cached)] + [head.kernel])
+    plain_times, ours_times = _unfrozen_pairs(setup, unfrozen_epochs, repeats)
     overhead = float(np.median([o / p for o, p in zip(ours_times, plain_times)]))
     say(f"unfrozen base, plain Keras fit:          {', '.join(f'{t:.1f}' for t in plain_times)} s")
     say(f"unfrozen base, frostline phase:          {', '.join(f'{t:.1f}' for t in ours_times)} s")
@@ -122,7 +158,7 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
     return {
         "plain": t_plain, "cached": t_cached, "floor": t_floor,
         "speedup": t_plain / t_cached, "floor_ratio": t_cached / t_floor,
-        "unfrozen_overhead": overhead, "cache_bytes": run.sizes[0],
+        "unfrozen_overhead": overhead, "cache_bytes": cache_bytes,
         "head_disagreement": disagreement,
     }
 

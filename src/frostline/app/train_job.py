@@ -149,6 +149,32 @@ def _distribution(config: TrainConfig):
         raise ConfigError(f"distribution.data_parallel: {e}") from None
 
 
+def _checked_run(config: TrainConfig, model: keras.Model, *, resume: bool) -> tuple[FineTune, tuple]:
+    """The FineTune for the configuration and its `(x, y, validation_data)`, everything
+    checked in the order a user fixes it: a ConfigError before anything is written."""
+    phases = validate_plans(model, config)
+    optimizer = _optimizer(config)
+    distribution = _distribution(config)
+    x, y, validation = load_data(config)
+    checkpoints = os.path.join(config.output, "checkpoints")
+    if resume:
+        read_latest(checkpoints)  # no checkpoint: say so before writing
+    run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
+                   checkpoint_dir=checkpoints, seed=config.seed, distribution=distribution)
+    try:
+        run.distributed.check_batches(None, config.data.batch_size, "training data")
+        run.check(x, y, validation_data=validation, batch_size=_fit_batch_size(config))
+    except ValueError as e:
+        where = f" (with distribution.data_parallel: {config.distribution.data_parallel})" if config.distribution else ""
+        raise ConfigError(f"data.batch_size: {str(e).rstrip('.')}{where}.") from None
+    return run, (x, y, validation)
+
+
+def _fit_batch_size(config: TrainConfig) -> int | None:
+    # An image folder's dataset brings its own batches.
+    return config.data.batch_size if config.data.npz is not None else None
+
+
 def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | int = "auto") -> dict[str, str]:
     """Builds, validates and trains; writes the output folder.
 
@@ -158,26 +184,12 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
     model = build_model(config)
-    phases = validate_plans(model, config)
-    optimizer = _optimizer(config)
-    distribution = _distribution(config)
-    x, y, validation = load_data(config)
-    out = config.output
-    if resume:
-        read_latest(os.path.join(out, "checkpoints"))  # no checkpoint: say so before writing
-    run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
-                   checkpoint_dir=os.path.join(out, "checkpoints"), seed=config.seed, distribution=distribution)
-    batch = config.data.batch_size if config.data.npz is not None else None
-    try:
-        run.distributed.check_batches(None, config.data.batch_size, "training data")
-        run.check(x, y, validation_data=validation, batch_size=batch)
-    except ValueError as e:
-        where = f" (with distribution.data_parallel: {config.distribution.data_parallel})" if config.distribution else ""
-        raise ConfigError(f"data.batch_size: {str(e).rstrip('.')}{where}.") from None
+    run, (x, y, validation) = _checked_run(config, model, resume=resume)
     # Everything is valid: only now is anything written.
+    out = config.output
     os.makedirs(out, exist_ok=True)
-    history = run.fit(x, y, validation_data=validation, batch_size=batch, verbose=verbose, resume=resume,
-                      phase_lines=True)
+    history = run.fit(x, y, validation_data=validation, batch_size=_fit_batch_size(config), verbose=verbose,
+                      resume=resume, phase_lines=True)
     files = {
         "model": os.path.join(out, "model.keras"),
         "config": os.path.join(out, "config.yaml"),
@@ -190,16 +202,20 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     with open(files["config"], "w") as f:
         yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
     _write_history_csv(history, files["history"])
-    with open(files["report"], "w") as f:
-        f.write(f"# {model.name}\n\n")
-        for phase in history.phases:
-            f.write(f"- phase **{phase['name']}**: epochs {phase['start_epoch'] + 1}-"
-                    f"{phase['start_epoch'] + phase['epochs']}, {run.reports[phase['name']].totals_line}\n")
-        f.write("\n## After training\n\n")
-        f.write(report(model).to_markdown())
+    _write_report(model, history, run.reports, files["report"])
     plot_history(history, files["history_plot"])
     plot_frost_lines(run.reports, files["frost_plot"])
     return files
+
+
+def _write_report(model: keras.Model, history, reports: dict, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(f"# {model.name}\n\n")
+        for phase in history.phases:
+            f.write(f"- phase **{phase['name']}**: epochs {phase['start_epoch'] + 1}-"
+                    f"{phase['start_epoch'] + phase['epochs']}, {reports[phase['name']].totals_line}\n")
+        f.write("\n## After training\n\n")
+        f.write(report(model).to_markdown())
 
 
 def _write_history_csv(history, path: str) -> None:
