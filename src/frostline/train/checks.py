@@ -12,11 +12,32 @@ import keras
 from frostline.cache.store import samples
 from frostline.errors import FrostlineTypeError, FrostlineValueError
 from frostline.train.distribute import DistributedRun
+from frostline.train.phase import Phase
 
-__all__ = ["check_batches", "check_fit_arguments", "check_resume", "check_run"]
+__all__ = ["check_batches", "check_fit_arguments", "check_resume", "check_run", "checked_phases"]
 
 # Arguments of `model.fit` that the phases set.
 SET_BY_PHASES = ("epochs", "initial_epoch")
+
+
+def checked_phases(phases: Sequence[Phase]) -> list[Phase]:
+    """The phases of a run, as a list, checked.
+
+    Raises:
+        FrostlineValueError: for no phases, or two with one name.
+        FrostlineTypeError: for something that is not a `Phase`.
+    """
+    phases = list(phases)
+    if not phases:
+        raise FrostlineValueError("Expected at least one Phase. Received an empty list.")
+    for phase in phases:
+        if not isinstance(phase, Phase):
+            raise FrostlineTypeError(f"Expected frostline Phase objects. Received: {phase!r}")
+    names = [p.name for p in phases]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise FrostlineValueError(f"Expected distinct phase names. Received {duplicated} more than once.")
+    return phases
 
 
 def check_fit_arguments(fit_kwargs: Mapping[str, Any]) -> None:

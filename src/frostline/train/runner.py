@@ -16,11 +16,10 @@ from frostline.apply.learning_rate import set_learning_rate
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.sync import sync
 from frostline.cache.policy import CachedPhase, CachePolicy, FitInputs
-from frostline.errors import FrostlineTypeError, FrostlineValueError
 from frostline.inspect.report import Report
 from frostline.train.callbacks import ForwardEvents, PhaseStop, RecordEpochs, Reseed
 from frostline.train.checkpoint import write_checkpoint
-from frostline.train.checks import check_run
+from frostline.train.checks import check_run, checked_phases
 from frostline.train.distribute import DistributedRun
 from frostline.train.log import RunLog
 from frostline.train.phase import Phase, PhaseInfo, phase_line
@@ -37,20 +36,6 @@ class _FitCall:
     user: keras.callbacks.CallbackList
     verbose: str | int
     phase_lines: bool
-
-
-def _checked_phases(phases: Sequence[Phase]) -> list[Phase]:
-    phases = list(phases)
-    if not phases:
-        raise FrostlineValueError("Expected at least one Phase. Received an empty list.")
-    for phase in phases:
-        if not isinstance(phase, Phase):
-            raise FrostlineTypeError(f"Expected frostline Phase objects. Received: {phase!r}")
-    names = [p.name for p in phases]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise FrostlineValueError(f"Expected distinct phase names. Received {duplicated} more than once.")
-    return phases
 
 
 class FineTune:
@@ -133,7 +118,7 @@ class FineTune:
         distribution: Any = None,
         compile_kwargs: Mapping[str, Any] | None = None,
     ):
-        self.phases = _checked_phases(phases)
+        self.phases = checked_phases(phases)
         self.model = model
         self.distributed = DistributedRun(distribution)
         with self.distributed.scope():  # TensorFlow places variables where they are made
