@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the tests: the whole suite on JAX, then the backend-parity
-# suite (tests/test_backends.py) on TensorFlow and on PyTorch, each backend in its own
+# suite (tests/parity/) on TensorFlow and on PyTorch, each backend in its own
 # process and virtual environment. Arguments go to the JAX run of pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ bash scripts/setup.sh test || exit 1
 run jax .venv "$@"
 for backend in tensorflow torch; do
     bash scripts/setup.sh --venv ".venv-$backend" "$backend" test || exit 1
-    run "$backend" ".venv-$backend" tests/test_backends.py
+    run "$backend" ".venv-$backend" tests/parity
 done
 
 # One closing line over all runs.
