@@ -1,22 +1,19 @@
+"""`frostline inspect` in real processes: the report of a saved model, and one-line errors."""
+
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from parity.helpers import ROOT, run_frostline
+
 EXAMPLE = ROOT / "examples" / "small_cnn.keras"
 
 
-def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "frostline", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-    )
+def run_cli(*args):
+    return run_frostline(*args, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +80,11 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-def test_missing_model_file(tmp_path):
+def test_missing_model_file_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_cli("inspect", tmp_path / "nope.keras"), "model file not found", "nope.keras")
 
 
-def test_file_that_is_not_a_model(tmp_path):
+def test_file_that_is_not_a_model_is_a_one_line_error(tmp_path):
     bogus = tmp_path / "notes.keras"
     bogus.write_text("not a model")
     assert_one_line_error(run_cli("inspect", bogus), "is not a Keras model", "zip archive")
@@ -113,19 +110,8 @@ def test_malformed_plan_names_rule_and_field(tmp_path):
     assert_one_line_error(run_cli("inspect", EXAMPLE, "--plan", plan), "Plan rule 2", "unknown rule kind 'unfreez'")
 
 
-def test_missing_plan_file(tmp_path):
+def test_missing_plan_file_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_cli("inspect", EXAMPLE, "--plan", tmp_path / "x.yaml"), "plan file not found")
-
-
-def test_cli_defaults_to_jax_when_backend_unset(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env["KERAS_HOME"] = str(tmp_path)  # no keras.json: nothing configured
-    code = "import frostline, keras; print(keras.backend.backend())"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.stdout.strip() == "jax", result.stderr
-    env["KERAS_BACKEND"] = "numpy"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.stdout.strip() == "numpy", result.stderr
 
 
 def test_lenient_prints_one_warning_line_and_applies_the_rest(tmp_path):
@@ -148,13 +134,3 @@ def test_negative_depth_is_refused():
     result = run_cli("inspect", EXAMPLE, "--depth", "-1")
     assert result.returncode == 2
     assert "expected a depth of 0 or more" in result.stderr
-
-
-def test_backend_that_is_not_installed_is_named(tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": "openvino"}
-    # Still an ImportError, for code that catches one; a frostline type, for code that
-    # catches those.
-    code = "try:\n    import frostline\nexcept ImportError as e:\n    print(type(e).__name__, e)\n    raise SystemExit(3)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 3, result.stderr
-    assert "BackendUnavailable KERAS_BACKEND='openvino' but openvino is not installed" in result.stdout

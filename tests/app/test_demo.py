@@ -1,15 +1,12 @@
 """The demo, reduced (`--quick`), in a real process; the full size runs in benchmarks/demo.py."""
 
-import os
 import re
-import subprocess
-import sys
+
+from parity.helpers import run_frostline
 
 
 def run_demo(out, seed):
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    return subprocess.run([sys.executable, "-m", "frostline", "demo", "--quick", "--out", str(out), "--seed", str(seed)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    return run_frostline("demo", "--quick", "--out", out, "--seed", seed)
 
 
 def test_quick_demo_writes_report_and_plots_and_is_repeatable(tmp_path):
@@ -29,8 +26,6 @@ def test_quick_demo_writes_report_and_plots_and_is_repeatable(tmp_path):
 
 
 def test_too_many_labels_per_class_is_refused():
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-m", "frostline", "demo", "--labels-per-class", "500"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = run_frostline("demo", "--labels-per-class", "500")
     assert result.returncode == 2
     assert "Expected labels_per_class between 1 and" in result.stderr

@@ -1,10 +1,6 @@
 """`frostline train` end to end, in real processes, and its config errors."""
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import matplotlib.image
@@ -12,16 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from parity.helpers import ROOT, run_frostline
 
 
 def run_cli(*args, cwd, devices=None):
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    env.pop("XLA_FLAGS", None)
-    if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run([sys.executable, "-m", "frostline", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=cwd)
+    flags = f"--xla_force_host_platform_device_count={devices}" if devices else None
+    return run_frostline(*args, cwd=cwd, env={"XLA_FLAGS": flags})
 
 
 @pytest.fixture
@@ -86,7 +78,7 @@ def test_train_writes_model_history_report_and_plots(workdir):
     assert resolved["data"]["npz"] == str(workdir / "data.npz")
 
 
-def test_resume_after_a_finished_run_and_a_changed_config(workdir):
+def test_resume_of_a_finished_run_succeeds_and_of_a_changed_config_names_the_change(workdir):
     assert run_cli("train", write(workdir, config()), "--quiet", cwd=workdir).returncode == 0
     again = run_cli("train", write(workdir, config()), "--quiet", "--resume", cwd=workdir)
     assert again.returncode == 0, again.stderr
@@ -123,7 +115,7 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(workdir, changes, mess
     assert not (workdir / "run").exists()
 
 
-def test_image_folder_with_an_applications_base(workdir):
+def test_train_from_an_image_folder_with_an_applications_base(workdir):
     from PIL import Image
 
     for label in ("cat", "dog"):
@@ -147,7 +139,7 @@ def test_resume_without_a_checkpoint_writes_nothing(workdir):
     assert not (workdir / "run").exists()
 
 
-def test_train_data_parallel_over_four_devices(workdir):
+def test_train_over_four_devices_ends_where_one_device_does(workdir):
     # The same config on one device and over 4 (no dropout: its masks are drawn per device).
     weights = {}
     for name, extra in (("single", {}), ("parallel", {"distribution": {"data_parallel": 4}})):

@@ -1,6 +1,5 @@
 import json
 
-import keras
 import numpy as np
 
 import frostline as fl
@@ -21,7 +20,7 @@ def test_totals_equal_keras_counts(any_model):
     assert report.rows[0].trainable_params == report.trainable_params
 
 
-def test_totals_line_format():
+def test_totals_line_reads_trainable_frozen_and_total():
     model = nested()
     fl.apply(model, fl.Plan().freeze("base"))
     report = fl.report(model)
@@ -68,7 +67,7 @@ def test_optimizer_variables_are_reported_apart():
     assert f"optimizer Adam: {optimizer_values:,} state values" in str(report)
 
 
-def test_markdown_and_dict():
+def test_report_renders_as_markdown_and_as_a_json_ready_dict():
     model = nested()
     report = fl.apply(model, fl.Plan().freeze("base"))
     md = report.to_markdown()
@@ -99,3 +98,14 @@ def test_max_depth_hides_deep_rows_but_keeps_totals():
     short = full.to_string(max_depth=1)
     assert len(short.splitlines()) < 12 < len(str(full).splitlines())
     assert short.splitlines()[-1] == full.totals_line
+
+
+def test_report_lr_column_shows_each_layers_multiplier_and_mixed_for_containers():
+    plan = fl.Plan().lr("base/**", 0.1).lr("head", 2)
+    model = nested()
+    model.compile(optimizer="adam", loss="mse")
+    report = fl.apply(model, plan)
+    lines = str(report).splitlines()
+    assert lines[0].split()[-1] == "lr"
+    rows = {r.path: r.lr for r in report.rows}
+    assert rows["base/stem"] == "x0.1" and rows["head"] == "x2" and rows["outer"] == "mixed"

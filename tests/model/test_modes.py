@@ -1,6 +1,5 @@
 import keras
 import numpy as np
-import pytest
 
 import frostline as fl
 from frostline.model.modes import is_forced_inference, layer_mode
@@ -38,7 +37,7 @@ def test_inference_on_a_container_reaches_every_layer_inside():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.moving_mean.value), np.zeros(5))
 
 
-def test_report_mode_column():
+def test_report_mode_column_shows_inference_training_or_nothing():
     model = nested()
     fl.apply(model, fl.Plan().freeze("stem_bn"))
     modes = {r.path: r.mode for r in fl.report(model).rows}
@@ -48,16 +47,6 @@ def test_report_mode_column():
     assert {r.path: r.mode for r in fl.report(model).rows}["base/stem_bn"] == "training"
     assert layer_mode(keras.layers.Dropout(0.1)) == "training"
     assert "mode" in str(fl.report(model)).splitlines()[0]
-
-
-def test_inference_rule_round_trips_through_yaml():
-    plan = fl.Plan().inference("type:BatchNormalization").inference("drop", enabled=False)
-    assert plan.to_dict() == {
-        "rules": [{"inference": "type:BatchNormalization"}, {"inference": "drop", "enabled": False}]
-    }
-    assert fl.Plan.from_yaml(plan.to_yaml()) == plan
-    with pytest.raises(fl.PlanError, match=r"field 'enabled' expects bool\. Received: 'no'"):
-        fl.Plan.from_dict({"rules": [{"inference": "drop", "enabled": "no"}]})
 
 
 def test_positional_training_argument_is_overridden_too():

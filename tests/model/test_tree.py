@@ -48,7 +48,7 @@ def test_shared_layer_has_every_path_and_one_node():
     assert len(tree.node(model.get_layer("right")).children) == 2
 
 
-def test_class_and_container():
+def test_nodes_know_their_class_and_whether_they_hold_layers():
     tree = fl.LayerTree(nested())
     by_path = {n.path: n for n in tree}
     assert by_path["base"].class_name == "Functional"
@@ -81,7 +81,7 @@ def test_duplicate_names_in_one_container_get_suffixes():
     assert paths == ["twice", "twice/same", "twice/same~2"]
 
 
-def test_applications_model_paths():
+def test_applications_model_has_a_path_for_every_layer_of_its_base():
     model = applications()
     tree = fl.LayerTree(model)
     base = model.layers[0]

@@ -9,7 +9,7 @@ def paths(selector, model):
     return [n.path for n in fl.parse_selector(selector).match(fl.LayerTree(model))]
 
 
-def test_parse_picks_the_form():
+def test_parse_picks_the_selector_kind_from_the_text():
     assert isinstance(fl.parse_selector("block5_conv1"), NameSelector)
     assert isinstance(fl.parse_selector("base/block5_*"), PathSelector)
     assert isinstance(fl.parse_selector("re:base/.*"), RegexSelector)
@@ -37,7 +37,7 @@ def test_path_glob_star_stays_in_segment_double_star_crosses():
     assert "base/block5/conv1" in paths("base/**", model)
 
 
-def test_regex_full_match():
+def test_regex_selector_must_match_the_whole_path():
     model = nested()
     assert paths("re:base/block5/conv[12]", model) == ["base/block5/conv1", "base/block5/conv2"]
     assert paths("re:conv1", model) == []  # fullmatch on paths, not search

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 import frostline as fl
+from parity.helpers import SCRIPTS
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
-SCRIPT = os.path.join(SCRIPTS, "data_parallel_run.py")
+SCRIPT = SCRIPTS / "data_parallel_run.py"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("data_parallel")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run([sys.executable, SCRIPT, str(out)], capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     with open(out / "result.json") as f:
         result = json.load(f)
@@ -143,7 +143,7 @@ def test_two_processes_train_as_one_process_on_all_their_devices(tmp_path):
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    script = os.path.join(SCRIPTS, "multihost_run.py")
+    script = str(SCRIPTS / "multihost_run.py")
     processes = [subprocess.Popen([sys.executable, script, str(tmp_path), str(i), port], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
     outputs = [p.communicate(timeout=600) for p in processes]

@@ -4,17 +4,15 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 import frostline as fl
-from frostline.train.checkpoint import CheckpointError
 from model_zoo import nested
+from parity.helpers import SCRIPTS, arrays
 
-SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
+SCRIPT = SCRIPTS / "resume_run.py"
 
 
 def run_script(out, mode):
@@ -44,21 +42,20 @@ def phases():
     return [fl.Phase("a", 2, fl.Plan().freeze("base")), fl.Phase("b", 1, fl.Plan().unfreeze("base"))]
 
 
-X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
-Y = np.random.default_rng(1).normal(size=(16, 3)).astype("float32")
+X, Y = arrays(16)
 
 
 def test_resume_with_a_different_config_names_the_fields(tmp_path):
     fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=tmp_path, seed=1).fit(X, Y, batch_size=8, verbose=0)
     changed = [fl.Phase("a", 3, fl.Plan().freeze("base")), fl.Phase("b", 1, fl.Plan().unfreeze("base"))]
     run = fl.FineTune(nested(), changed, loss="mse", checkpoint_dir=tmp_path, seed=2)
-    with pytest.raises(CheckpointError, match=r"phases\[0\]\.epochs: 2 -> 3; seed: 1 -> 2"):
+    with pytest.raises(fl.CheckpointError, match=r"phases\[0\]\.epochs: 2 -> 3; seed: 1 -> 2"):
         run.fit(X, Y, batch_size=8, verbose=0, resume=True)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     run = fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=tmp_path / "none")
-    with pytest.raises(CheckpointError, match="No checkpoint to resume from"):
+    with pytest.raises(fl.CheckpointError, match="No checkpoint to resume from"):
         run.fit(X, Y, verbose=0, resume=True)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
         fl.FineTune(nested(), phases(), loss="mse").fit(X, Y, verbose=0, resume=True)

@@ -1,3 +1,5 @@
+"""`fl.FineTune`: phases run in order with one optimizer, epochs numbered across them."""
+
 import csv
 
 import keras
@@ -6,13 +8,9 @@ import pytest
 
 import frostline as fl
 from model_zoo import nested
+from parity.helpers import arrays, values
 
-X = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
-Y = np.random.default_rng(1).normal(size=(32, 3)).astype("float32")
-
-
-def values(model):
-    return {f"{n.path}/{v.name}": keras.ops.convert_to_numpy(v.value).copy() for n in fl.LayerTree(model) for v in n.variables}
+X, Y = arrays(32)
 
 
 def test_phases_move_the_frost_line_and_number_epochs_across_phases(capsys):
@@ -47,7 +45,7 @@ def test_phases_move_the_frost_line_and_number_epochs_across_phases(capsys):
     assert "phase 2/2 'top'" in out and "partly frozen: base" in out
 
 
-def test_user_callbacks_see_one_run(tmp_path):
+def test_user_callbacks_see_one_run_numbered_across_phases(tmp_path):
     model = nested()
     log = tmp_path / "log.csv"
     run = fl.FineTune(model, [
@@ -94,22 +92,7 @@ def test_schedule_counts_from_the_phase_start():
     assert rates[1] == pytest.approx(1e-2 * 0.5 ** 4)  # 4 steps into phase b, not 8
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"name": "", "epochs": 1}, "non-empty string"),
-        ({"name": "a", "epochs": 0}, "positive integer. Received: epochs=0"),
-        ({"name": "a", "epochs": 1, "learning_rate": -1}, "positive number"),
-        ({"name": "a", "epochs": 1, "plan": {"rules": []}}, "frostline Plan"),
-        ({"name": "a", "epochs": 1, "early_stopping": {"patiense": 2}}, "patiense"),
-    ],
-)
-def test_bad_phases(kwargs, message):
-    with pytest.raises((ValueError, TypeError), match=message):
-        fl.Phase(**kwargs)
-
-
-def test_duplicate_phase_names_and_epochs_argument():
+def test_fine_tune_refuses_duplicate_phase_names_and_an_epochs_argument():
     with pytest.raises(ValueError, match=r"distinct phase names.*\['a'\]"):
         fl.FineTune(nested(), [fl.Phase("a", 1), fl.Phase("a", 1)], loss="mse")
     run = fl.FineTune(nested(), [fl.Phase("a", 1)], loss="mse")
@@ -117,7 +100,7 @@ def test_duplicate_phase_names_and_epochs_argument():
         run.fit(X, Y, epochs=3)
 
 
-def test_pydataset_input():
+def test_fine_tune_trains_from_a_py_dataset():
     class Data(keras.utils.PyDataset):
         def __len__(self):
             return 4
@@ -129,7 +112,7 @@ def test_pydataset_input():
     assert history.epoch == [0, 1]
 
 
-def test_model_checkpoint_and_generator_input(tmp_path):
+def test_model_checkpoint_saves_every_epoch_of_a_run_fed_by_a_generator(tmp_path):
     def batches():
         while True:  # Keras needs a generator that does not run out, with steps_per_epoch
             for i in range(4):

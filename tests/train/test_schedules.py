@@ -4,9 +4,9 @@ import pytest
 
 import frostline as fl
 from model_zoo import nested
+from parity.helpers import arrays
 
-X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
-Y = np.random.default_rng(1).normal(size=(16, 3)).astype("float32")
+X, Y = arrays(16)
 
 
 def test_two_phase_runs_the_keras_guide_recipe():
