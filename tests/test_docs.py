@@ -1,12 +1,72 @@
-"""The README's example runs and prints what the README shows."""
+"""The README's example and the Python examples of every docs page run, and print what
+the page shows.
 
+A page's ```python blocks run in order in one fresh process, as a reader would run them
+in one session from the repository root. Where a ```text block follows a Python block
+directly, it is what that block prints. A block that cannot run here (the user's own data,
+several machines) has `<!-- not-run: reason -->` on the line before its fence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from parity.helpers import ROOT
+
+FENCE = re.compile(r"^```(\w*)\s*$")
+NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.+?)\s*-->\s*$")
+MARKER = "@@frostline-docs-block@@"
+# What a page may read from the repository root; everything it writes lands in a
+# temporary folder instead of the checkout.
+REPOSITORY_ENTRIES = ("README.md", "benchmarks", "docs", "examples", "pyproject.toml", "scripts", "src", "tests")
+
+
+@dataclasses.dataclass
+class Block:
+    line: int  # of the opening fence, counted from 1
+    code: str
+    not_run: str | None  # the reason, for a block marked not-run
+    expected: str | None  # the ```text block right after it, if any
+
+
+def python_blocks(text: str) -> list[Block]:
+    lines = text.splitlines()
+    fences = []  # (language, index of the opening fence, index of the closing fence)
+    i = 0
+    while i < len(lines):
+        match = FENCE.match(lines[i])
+        if match:
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+            fences.append((match.group(1), i, end))
+            i = end
+        i += 1
+    blocks = []
+    for k, (language, start, end) in enumerate(fences):
+        if language != "python":
+            continue
+        marked = NOT_RUN.match(lines[start - 1]) if start else None
+        expected = None
+        if k + 1 < len(fences):
+            next_language, next_start, next_end = fences[k + 1]
+            if next_language == "text" and not any(line.strip() for line in lines[end + 1:next_start]):
+                expected = "\n".join(lines[next_start + 1:next_end])
+        blocks.append(Block(start + 1, "\n".join(lines[start + 1:end]) + "\n",
+                            marked.group("reason") if marked else None, expected))
+    return blocks
+
+
+def printed_lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip().splitlines()]
+
+
+PAGES = sorted(p.name for p in (ROOT / "docs").glob("*.md") if python_blocks(p.read_text()))
 
 
 def test_readme_example_runs_and_prints_what_it_shows(tmp_path):
@@ -19,3 +79,49 @@ def test_readme_example_runs_and_prints_what_it_shows(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == shown.strip()
+
+
+def test_not_run_marks_and_expected_output_are_read_from_the_markdown():
+    page = "\n".join([
+        "```python", "print(1)", "```", "", "```text", "1", "```",
+        "<!-- not-run: needs the user's data -->", "```python", "fit(my_data)", "```",
+        "```python", "x = 2", "```", "Some words.", "```text", "not output", "```",
+    ])
+    first, second, third = python_blocks(page)
+    assert (first.line, first.code, first.not_run, first.expected) == (1, "print(1)\n", None, "1")
+    assert (second.line, second.not_run) == (9, "needs the user's data")
+    assert third.expected is None  # words between the blocks: the text is not its output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_docs_page_examples_run_and_print_what_the_page_shows(page, tmp_path):
+    blocks = python_blocks((ROOT / "docs" / page).read_text())
+    runnable = [(n, b) for n, b in enumerate(blocks) if b.not_run is None]
+    if not runnable:
+        pytest.skip(f"every example of docs/{page} is marked not-run")
+    script = "".join(f"print({MARKER!r}, {n}, flush=True)\n{b.code}" for n, b in runnable)
+    workdir = tmp_path / "repository"
+    workdir.mkdir()
+    for name in REPOSITORY_ENTRIES:
+        if (ROOT / name).exists():
+            (workdir / name).symlink_to(ROOT / name)
+    (tmp_path / "page.py").write_text(script)
+    keras_home = tmp_path / "keras_home"
+    keras_home.mkdir()
+    env = {**os.environ, "KERAS_BACKEND": "jax", "KERAS_HOME": str(keras_home)}
+    result = subprocess.run([sys.executable, str(tmp_path / "page.py")], capture_output=True, text=True, env=env,
+                            cwd=workdir, timeout=900)
+    printed = {}
+    for part in result.stdout.split(MARKER + " ")[1:]:
+        n, _, output = part.partition("\n")
+        printed[int(n)] = output
+    if result.returncode != 0:
+        failed = blocks[max(printed)] if printed else runnable[0][1]
+        pytest.fail(f"docs/{page}: the block at line {failed.line} failed:\n{result.stderr[-4000:]}")
+    for n, block in runnable:
+        if block.expected is None:
+            continue
+        got, shown = printed_lines(printed[n]), printed_lines(block.expected)
+        diff = "\n".join(difflib.unified_diff(shown, got, "page shows", "block printed", lineterm=""))
+        assert got == shown, f"docs/{page}, block at line {block.line}:\n{diff}"
