@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import keras
 
 from frostline.apply.apply import apply
-from frostline.errors import PlanError
+from frostline.apply.loading import restore_state
+from frostline.errors import FrostlineError, PlanError
+from frostline.inspect.saving import read_stored_state
 from frostline.plan.plan import Plan
 from frostline.inspect.report import Report, report
 
@@ -50,9 +52,32 @@ def _load_plan(path: str) -> Plan:
         raise CommandError(f"{path}: {e}") from None
 
 
+def _restore_stored_state(model: keras.Model, path: str) -> str | None:
+    """Restores the frostline state stored in the file (warnings to stderr); returns a line
+    comparing it with what plain Keras loads, or None when the file stores none."""
+    try:
+        state = read_stored_state(path)
+    except FrostlineError as e:
+        raise CommandError(str(e)) from None
+    if state is None:
+        return None
+    plain = report(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        restore_state(model, state, source=path)
+    for warning in caught:
+        print(f"frostline inspect: warning: {warning.message}", file=sys.stderr)
+    stored = report(model)
+    if (plain.trainable_params, [r.mode for r in plain.rows]) == (stored.trainable_params, [r.mode for r in stored.rows]):
+        return "stored frostline state: restored; plain keras.saving.load_model gives the same frozen set and modes"
+    return (f"stored frostline state: restored; plain keras.saving.load_model would give {plain.totals_line}"
+            + (" (and other modes)" if [r.mode for r in plain.rows] != [r.mode for r in stored.rows] else ""))
+
+
 def _inspect(args: argparse.Namespace) -> int:
     plan = _load_plan(args.plan) if args.plan else None
     model = _load_model(args.model)
+    stored_line = _restore_stored_state(model, args.model)
     result: Report
     if plan is None:
         result = report(model)
@@ -66,9 +91,11 @@ def _inspect(args: argparse.Namespace) -> int:
         for warning in caught:
             print(f"frostline inspect: warning: {warning.message}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict() | {"stored_state": stored_line}, indent=2))
     else:
         print(result.to_string(max_depth=args.depth))
+        if stored_line:
+            print(stored_line)
     return 0
 
 

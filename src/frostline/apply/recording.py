@@ -7,7 +7,7 @@ import weakref
 import keras
 
 from frostline import _state
-from frostline.inspect.saving import write_plan_asset
+from frostline.inspect.saving import write_assets
 from frostline.plan.plan import Plan
 
 __all__ = ["record_plan"]
@@ -15,7 +15,7 @@ __all__ = ["record_plan"]
 
 def record_plan(model: keras.layers.Layer, plan: Plan) -> None:
     """Remembers `plan` as applied to `model`, and gives the model a `save_assets` hook
-    that writes the plans into the `.keras` file."""
+    that writes its state and plans into the `.keras` file."""
     record = _state.model_state(model)
     record.plan = (record.plan or Plan()).then(plan)
     if record.save_hook or "save_assets" in model.__dict__:
@@ -28,7 +28,7 @@ def record_plan(model: keras.layers.Layer, plan: Plan) -> None:
             inherited(dir_path)
         target = model_ref()
         if target is not None:
-            write_plan_asset(target, dir_path)
+            write_assets(target, dir_path)
 
     # The instance dict, not setattr: Keras and torch must not track the hook.
     model.__dict__["save_assets"] = save_assets

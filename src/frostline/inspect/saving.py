@@ -1,26 +1,42 @@
-"""What a `.keras` file stores about frostline: the applied plan, as `assets/frostline_plan.yaml`.
+"""What a `.keras` file stores about frostline: the state at save time, and the applied plan.
 
 `fl.apply` gives the model a `save_assets` hook (see `frostline.apply.recording`), which
-Keras calls while writing a `.keras` file; `write_plan_asset` is what it writes. Keras
-itself ignores the asset when loading; `fl.load_plan` reads it back and `fl.load_model`
-re-applies it (inference modes are not part of Keras's config, so a plain
-`keras.saving.load_model` restores the frozen set but not them).
+Keras calls while writing a `.keras` file; `write_assets` is what it writes:
+
+- `assets/frostline_state.json`: the frozen set as it was at save time (every variable's
+  `trainable` flag, by variable path), each layer's flag and inference mode, the
+  learning-rate multipliers and the LoRA adapters (rank, alpha). Not only the plans that
+  led there: flags set outside a plan (a keras-hub backbone's `enable_lora`, a hand-set
+  `trainable`) are in it too;
+- `assets/frostline_plan.yaml`: the plans applied, in order (`fl.load_plan`).
+
+Keras itself ignores both when loading (and keras-hub backbones rebuild their layers
+trainable); `fl.load_model` restores the stored state.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
+from typing import Any
 
 import keras
 
 from frostline import _state
 from frostline.errors import FrostlineValueError, MissingFileError, NoStoredPlan
+from frostline.model.adapters import lora_rank
+from frostline.model.modes import is_forced_inference
+from frostline.model.tree import LayerTree
 from frostline.plan.plan import Plan
 
-__all__ = ["PLAN_ASSET", "applied_plan", "load_plan", "write_plan_asset"]
+__all__ = ["PLAN_ASSET", "STATE_ASSET", "applied_plan", "load_plan", "read_stored_state", "stored_state", "write_assets"]
 
 PLAN_ASSET = "frostline_plan.yaml"
+STATE_ASSET = "frostline_state.json"
+# An asset larger than this is not a file frostline wrote; it is refused unread.
+MAX_ASSET_BYTES = 64 * 2**20
+STATE_VERSION = 1
 
 
 def applied_plan(model: keras.layers.Layer) -> Plan:
@@ -32,12 +48,85 @@ def applied_plan(model: keras.layers.Layer) -> Plan:
     return record.plan if record is not None and record.plan is not None else Plan()
 
 
-def write_plan_asset(model: keras.layers.Layer, dir_path: str) -> None:
-    """Writes the model's applied plan into a `.keras` file's asset folder (if it has one)."""
+def stored_state(model: keras.layers.Layer) -> dict[str, Any]:
+    """What the model's `.keras` file stores about it now: the frozen set, modes,
+    multipliers and adapters, as plain data keyed by variable and layer path."""
+    tree = LayerTree(model)
+    trainable = tree.effective_trainable_ids()
+    return {
+        "version": STATE_VERSION,
+        "variables": {n.variable_path(v): id(v) in trainable for n in tree for v in n.weights},
+        "layers": {
+            n.path: {"trainable": bool(n.layer.trainable), "inference": is_forced_inference(n.layer)}
+            for n in tree.layers
+        },
+        "lr": {n.variable_path(v): tree.lr_multiplier(v) for n in tree for v in n.weights if tree.lr_multiplier(v) != 1.0},
+        "adapters": {
+            n.path: {"rank": lora_rank(n.layer), "alpha": float(n.layer.lora_alpha)}
+            for n in tree.layers if lora_rank(n.layer)
+        },
+    }
+
+
+def write_assets(model: keras.layers.Layer, dir_path: str) -> None:
+    """Writes the model's stored state and applied plan into a `.keras` file's asset folder."""
+    with open(os.path.join(dir_path, STATE_ASSET), "w") as f:
+        json.dump(stored_state(model), f, indent=1, sort_keys=True)
     record = _state.peek(model, _state.ModelState)
     if record is not None and record.plan is not None:
         with open(os.path.join(dir_path, PLAN_ASSET), "w") as f:
             f.write(record.plan.to_yaml())
+
+
+def _read_asset(path: str, name: str) -> str | None:
+    """The text of an asset in a `.keras` archive, or None; checked before it is read."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"No such file: {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise FrostlineValueError(f"Expected a .keras file (a zip archive written by model.save()). Received: {path!r}")
+    with zipfile.ZipFile(path) as archive:
+        infos = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == name]
+        if not infos:
+            return None
+        info = min(infos, key=lambda i: len(i.filename))
+        if info.file_size > MAX_ASSET_BYTES:
+            raise FrostlineValueError(
+                f"{path!r}: its {name} would unpack to {info.file_size:,} bytes, more than the "
+                f"{MAX_ASSET_BYTES:,} frostline ever writes; refused unread."
+            )
+        with archive.open(info) as f:
+            data = f.read(MAX_ASSET_BYTES + 1)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise FrostlineValueError(f"{path!r}: its {name} is not text.") from None
+
+
+def read_stored_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The state stored in a `.keras` file by `model.save` (see `stored_state`), or None
+    for a file saved without frostline.
+
+    Raises:
+        MissingFileError: if `path` does not exist.
+        FrostlineValueError: for a file that is not a `.keras` archive, or a stored state
+            that is not one frostline wrote.
+    """
+    text = _read_asset(os.fspath(path), STATE_ASSET)
+    if text is None:
+        return None
+    try:
+        state = json.loads(text)
+    except ValueError as e:
+        raise FrostlineValueError(f"{os.fspath(path)!r}: its {STATE_ASSET} is not valid JSON ({e}).") from None
+    expected = {"version", "variables", "layers", "lr", "adapters"}
+    if not isinstance(state, dict) or set(state) != expected or state.get("version") != STATE_VERSION:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise FrostlineValueError(
+            f"{os.fspath(path)!r}: its {STATE_ASSET} is not one this frostline writes (version "
+            f"{STATE_VERSION} with keys {sorted(expected)}). Received: {got}."
+        )
+    return state
 
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:
@@ -56,17 +145,10 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
             applied before saving); `fl.Plan.from_model(model)` describes any model's
             current flags.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingFileError(f"No such file: {path!r}")
-    if not zipfile.is_zipfile(path):
-        raise FrostlineValueError(f"Expected a .keras file (a zip archive written by model.save()). Received: {path!r}")
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == PLAN_ASSET]
-        if not names:
-            raise NoStoredPlan(
-                f"{path!r} holds no frostline plan: it was saved without fl.apply. "
-                "Load it and call fl.Plan.from_model(model) to describe its flags."
-            )
-        text = archive.read(min(names, key=len)).decode()
+    text = _read_asset(os.fspath(path), PLAN_ASSET)
+    if text is None:
+        raise NoStoredPlan(
+            f"{os.fspath(path)!r} holds no frostline plan: it was saved without fl.apply. "
+            "Load it and call fl.Plan.from_model(model) to describe its flags."
+        )
     return Plan.from_yaml(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,9 +11,9 @@ import yaml
 
 from frostline.errors import MissingFileError, PlanError, did_you_mean
 from frostline.model.modes import is_forced_inference
-from frostline.model.tree import LayerNode, LayerTree
+from frostline.model.tree import LayerTree
 from frostline.plan.rules import RULE_KINDS, Freeze, Inference, LearningRate, Lora, Rule, SelectorsLike, Unfreeze
-from frostline.plan.selectors import Selector, parse_selectors
+from frostline.plan.selectors import Selector, exact_layer_selector, exact_variable_selector, parse_selectors
 
 __all__ = ["Plan"]
 
@@ -226,12 +225,12 @@ class Plan:
         names = [n.name for n in tree.layers]
         frozen, unfrozen, frozen_variables, inference = [], [], [], []
         for node in tree.layers:
-            selector = _exact_selector(node, names)
+            selector = exact_layer_selector(node, names)
             if node.weights:
                 trains = [id(v) in trainable_ids for v in node.weights]
                 (unfrozen if any(trains) else frozen).append(selector)
                 if any(trains) and not all(trains):
-                    frozen_variables += [_exact_variable_selector(node, v) for v, t in zip(node.weights, trains) if not t]
+                    frozen_variables += [exact_variable_selector(node.variable_path(v)) for v, t in zip(node.weights, trains) if not t]
             if is_forced_inference(node.layer):
                 inference.append(selector)
         plan = cls()
@@ -274,19 +273,6 @@ class Plan:
         if not self.rules:
             return "Plan(no rules)"
         return "Plan(" + "; ".join(r.describe() for r in self.rules) + ")"
-
-
-def _exact_selector(node: LayerNode, names: list[str]) -> str:
-    """A selector that matches exactly this layer."""
-    if any(c in node.path for c in "*?[]") or ("/" not in node.path and names.count(node.name) > 1):
-        return "re:" + re.escape(node.path)
-    return node.path
-
-
-def _exact_variable_selector(node: LayerNode, variable: Any) -> str:
-    """A `var:` selector that matches exactly this variable."""
-    path = node.variable_path(variable)
-    return "var:" + "".join(f"[{c}]" if c in "*?[]" else c for c in path)
 
 
 def _flatten_selectors(items: tuple[SelectorsLike, ...]) -> tuple[Selector, ...]:

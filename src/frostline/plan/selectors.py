@@ -325,6 +325,18 @@ def parse_selector(text: str | Selector) -> Selector:
     return NameSelector(text)
 
 
+def exact_layer_selector(node: LayerNode, names: list[str]) -> str:
+    """A selector that matches exactly this layer (`names`: every layer name of its tree)."""
+    if any(c in node.path for c in "*?[]") or ("/" not in node.path and names.count(node.name) > 1):
+        return "re:" + re.escape(node.path)
+    return node.path
+
+
+def exact_variable_selector(path: str) -> str:
+    """A `var:` selector that matches exactly the variable with this path."""
+    return "var:" + "".join(f"[{c}]" if c in "*?[]" else c for c in path)
+
+
 def parse_selectors(selectors: str | Selector | Iterable[str | Selector]) -> tuple[Selector, ...]:
     """Parses one selector or a list of them into a tuple."""
     if isinstance(selectors, (str, Selector)):
