@@ -45,3 +45,16 @@ def test_lora_on_attention_trains_adapters_and_the_head_only():
     assert changed and all("lora_kernel" in p or p.startswith("logits/") for p in changed)
     report = fl.report(model)
     assert sum(r.lora != "-" for r in report.rows) == 4  # query and value in two blocks
+
+
+def test_a_saved_bert_loads_with_the_frozen_set_it_was_saved_with(tmp_path):
+    model = bert_classifier(preprocessor=False)
+    fl.apply(model, fl.Plan().freeze("bert_backbone"))
+    model.backbone.enable_lora(2)  # outside the plan, after it: the file must still say so
+    saved = sorted(v.path for v in model.trainable_weights)
+    model.save(tmp_path / "bert.keras")
+    plain = keras.saving.load_model(tmp_path / "bert.keras", compile=False)
+    loaded = fl.load_model(tmp_path / "bert.keras", compile=False)
+    # keras-hub rebuilds the backbone's layers trainable: plain Keras loses the frozen set.
+    assert sorted(v.path for v in plain.trainable_weights) != saved
+    assert sorted(v.path for v in loaded.trainable_weights) == saved

@@ -100,9 +100,26 @@ def _adapter_differences(tree: LayerTree, adapters: dict[str, Any]) -> list[str]
     return out
 
 
+def _readapt(model: keras.layers.Layer, adapters: dict[str, Any]) -> None:
+    """Gives back LoRA adapters that the loaded model lost (keras-hub backbones rebuild
+    their layers without them). Keras saved the kernels with the adapters merged in, so
+    fresh adapters (the second matrix zero) keep every output as it was."""
+    tree = LayerTree(model)
+    layers = {p: n for n in tree.layers for p in n.paths}
+    names = [n.name for n in tree.layers]
+    plan = Plan()
+    for path, stored in sorted(adapters.items()):
+        node = layers.get(path)
+        if node is not None and lora_rank(node.layer) is None:
+            plan = plan.lora(exact_layer_selector(node, names), int(stored["rank"]), alpha=float(stored["alpha"]))
+    if plan.rules:
+        apply(model, plan)
+
+
 def restore_state(model: keras.layers.Layer, state: dict[str, Any], *, source: str = "the stored state") -> None:
     """Gives `model` a stored state (see `frostline.inspect.saving.stored_state`), warning
     where state and model disagree."""
+    _readapt(model, state["adapters"])
     plan, problems = plan_from_state(model, state)
     if problems:
         warnings.warn(f"{source}: the stored frostline state and the loaded model disagree: " + "; ".join(problems)
