@@ -25,7 +25,9 @@ def _fresh_keras_session():
     yield
 
 
-@pytest.fixture(params=sorted(MODEL_BUILDERS))
+@pytest.fixture(
+    params=[pytest.param(n, marks=pytest.mark.slow) if n == "applications" else n for n in sorted(MODEL_BUILDERS)]
+)
 def any_model(request):
     """Each model shape LayerTree must handle."""
     return MODEL_BUILDERS[request.param]()

@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test starts fresh processes
+
 
 def test_import_picks_jax_when_no_backend_is_configured(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}

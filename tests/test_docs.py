@@ -69,6 +69,7 @@ def printed_lines(text: str) -> list[str]:
 PAGES = sorted(p.name for p in (ROOT / "docs").glob("*.md") if python_blocks(p.read_text()))
 
 
+@pytest.mark.slow
 def test_readme_example_runs_and_prints_what_it_shows(tmp_path):
     readme = (ROOT / "README.md").read_text()
     code, shown = re.findall(r"```(?:python)?\n(.*?)```", readme, re.S)[:2]

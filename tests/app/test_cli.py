@@ -10,6 +10,7 @@ import pytest
 from parity.helpers import ROOT, run_frostline
 
 EXAMPLE = ROOT / "examples" / "small_cnn.keras"
+pytestmark = pytest.mark.slow  # each test runs `frostline inspect` in a fresh process
 
 
 def run_cli(*args):

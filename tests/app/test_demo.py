@@ -2,7 +2,11 @@
 
 import re
 
+import pytest
+
 from parity.helpers import run_frostline
+
+pytestmark = pytest.mark.slow  # the demo in fresh processes
 
 
 def run_demo(out, seed):

@@ -3,9 +3,12 @@
 import json
 
 import keras
+import pytest
 
 import frostline as fl
 from parity.helpers import run_frostline
+
+pytestmark = pytest.mark.slow  # `frostline inspect` in fresh processes
 
 
 def _saved(tmp_path):

@@ -10,6 +10,8 @@ import yaml
 
 from parity.helpers import ROOT, run_frostline
 
+pytestmark = pytest.mark.slow  # each test runs `frostline train` in fresh processes
+
 
 def run_cli(*args, cwd, devices=None):
     flags = f"--xla_force_host_platform_device_count={devices}" if devices else None

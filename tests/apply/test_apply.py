@@ -23,7 +23,9 @@ def test_frozen_weights_do_not_move_in_a_real_fit():
     }
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_BUILDERS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "applications" else n for n in sorted(MODEL_BUILDERS)]
+)
 def test_trainable_weights_are_exactly_the_resolved_set(name):
     model = MODEL_BUILDERS[name]()
     plan = fl.Plan().freeze("**").unfreeze("[-1:]")
@@ -91,6 +93,7 @@ def test_slice_matches_keras_users_hand_freezing():
     assert [l.trainable for l in planned.layers] == [l.trainable for l in by_hand.layers]
 
 
+@pytest.mark.slow
 def test_freezing_a_whole_applications_base_matches_keras():
     by_hand, planned = applications(), applications()
     by_hand.layers[0].trainable = False

@@ -194,6 +194,7 @@ def test_failing_plans_leave_every_flag_as_it_was(case, bad):
     assert [id(v) for v in model.trainable_weights] == trainable_before
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model_specs(), st.lists(st.lists(st.tuples(st.booleans(), st.sampled_from(["type:Dense", "d*", "c*", "[:1]", "[-1:]", "d0", "d1", "d2"])), min_size=1, max_size=3), min_size=1, max_size=3))
 def test_plans_applied_between_fits_train_exactly_the_resolved_set(spec, plans):

@@ -90,6 +90,7 @@ def test_cached_phase_with_a_skip_connection_across_the_cut():
     assert_same_weights(cached, plain)
 
 
+@pytest.mark.slow
 def test_cached_phase_with_a_nested_applications_base():
     x, y = arrays(16, (32, 32, 3))
     build = applications

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import frostline as fl
 from model_zoo import applications, nested, shared
@@ -92,6 +93,7 @@ def test_rule_counts_use_singular_for_one():
     assert "1. freeze head  1 layer, 18 params" in str(report)
 
 
+@pytest.mark.slow
 def test_max_depth_hides_deep_rows_but_keeps_totals():
     model = applications()
     full = fl.report(model)

@@ -1,4 +1,6 @@
 import keras
+import pytest
+
 import frostline as fl
 from model_zoo import applications, nested, shared, subclassed
 
@@ -81,6 +83,7 @@ def test_duplicate_names_in_one_container_get_suffixes():
     assert paths == ["twice", "twice/same", "twice/same~2"]
 
 
+@pytest.mark.slow
 def test_applications_model_has_a_path_for_every_layer_of_its_base():
     model = applications()
     tree = fl.LayerTree(model)

@@ -107,6 +107,7 @@ def test_a_misspelled_name_in_a_list_changes_nothing():
     assert "base/stem/kernel" in changed(before, values(model))
 
 
+@pytest.mark.slow
 def test_freezing_the_whole_base_of_a_keras_applications_model():
     model = compiled(applications())
     base = model.layers[0]

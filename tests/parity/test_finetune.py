@@ -31,7 +31,7 @@ def test_fine_tune_trains_what_each_phase_plans_with_one_optimizer():
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * STEPS
 
 
-@pytest.mark.parametrize("shape", ["sequential", "skip", "applications"])
+@pytest.mark.parametrize("shape", ["sequential", "skip", pytest.param("applications", marks=pytest.mark.slow)])
 def test_cached_phase_trains_the_same_weights_as_plain_fit(shape):
     build = {"sequential": nested, "skip": skip_model, "applications": applications}[shape]
     keras.utils.set_random_seed(0)

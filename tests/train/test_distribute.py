@@ -39,6 +39,7 @@ def _phase(weights, phase):
     return {k.split("|", 1)[1]: v for k, v in weights.items() if k.startswith(f"{phase}|")}
 
 
+@pytest.mark.slow
 def test_the_runs_used_four_devices(runs):
     result, _ = runs
     assert result["jax_devices"] == 4
@@ -48,6 +49,7 @@ def test_the_runs_used_four_devices(runs):
         assert "data parallel over 4 devices" in result["runs"][name]["lines"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["parallel", "parallel_cached", "parallel_disk"])
 def test_data_parallel_run_ends_where_the_single_device_run_does(runs, name):
     _, weights = runs
@@ -61,6 +63,7 @@ def test_data_parallel_run_ends_where_the_single_device_run_does(runs, name):
     assert not np.allclose(_phase(parallel, 2)["head/kernel"], head_before)  # it trained
 
 
+@pytest.mark.slow
 def test_cached_parallel_phases_used_the_cache(runs):
     result, _ = runs
     cached = [line for line in result["runs"]["parallel_cached"]["lines"] if line.strip().startswith("cache:")]
@@ -71,6 +74,7 @@ def test_cached_parallel_phases_used_the_cache(runs):
     assert all("off" in line for line in plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["single", "single_cached", "parallel", "parallel_cached", "parallel_disk"])
 def test_frozen_variables_are_bit_identical_after_every_phase(runs, name):
     result, weights = runs
@@ -86,6 +90,7 @@ def test_frozen_variables_are_bit_identical_after_every_phase(runs, name):
     assert not np.array_equal(_phase(saved, 2)["base/conv2/kernel"], initial["base/conv2/kernel"])
 
 
+@pytest.mark.slow
 def test_interrupted_data_parallel_run_resumes_to_the_same_weights(runs):
     _, weights = runs
     uninterrupted, resumed = _phase(weights("parallel_cached"), 2), _phase(weights("resumed"), 2)
@@ -93,6 +98,7 @@ def test_interrupted_data_parallel_run_resumes_to_the_same_weights(runs):
         np.testing.assert_allclose(resumed[path], value, rtol=1e-5, atol=1e-7, err_msg=path)
 
 
+@pytest.mark.slow
 def test_bad_input_under_data_parallel_is_refused_before_training(runs):
     result, _ = runs
     errors = result["errors"]
@@ -134,6 +140,7 @@ def test_finetune_rejects_model_parallel():
                     distribution=keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="model"))
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_process_on_all_their_devices(tmp_path):
     """Two processes joined by keras.distribution.initialize, 2 devices each, each with
     its own half of the data, end where one process with 4 devices does."""

@@ -20,6 +20,7 @@ def run_script(out, mode):
     return subprocess.run([sys.executable, str(SCRIPT), str(out), mode], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     full = run_script(tmp_path, "full")
     assert full.returncode == 0, full.stderr
