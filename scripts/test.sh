@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the tests: the whole suite on JAX, then the backend-parity
-# suite (tests/parity/) on TensorFlow and on PyTorch, each backend in its own
-# process and virtual environment. Arguments go to the JAX run of pytest.
+# Sets everything up and runs the tests: the whole suite on JAX, the keras-hub tests
+# (tests/hub/) on JAX in a virtual environment with keras-hub, then the backend-parity
+# suite (tests/parity/) on TensorFlow and on PyTorch, each in its own process and
+# virtual environment. Arguments go to the main JAX run of pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 reports=$(mktemp -d)
 failed=0
 
-run() {  # run BACKEND VENV PYTEST-ARGS...
-    local backend=$1 venv=$2
-    shift 2
-    echo "== $backend: pytest $*"
-    KERAS_BACKEND=$backend "$venv/bin/python" -m pytest --junitxml="$reports/$backend.xml" "$@"
+run() {  # run LABEL BACKEND VENV PYTEST-ARGS...
+    local label=$1 backend=$2 venv=$3
+    shift 3
+    echo "== $label ($backend): pytest $*"
+    KERAS_BACKEND=$backend "$venv/bin/python" -m pytest --junitxml="$reports/$label.xml" "$@"
     local status=$?
     if [ "$status" -eq 5 ]; then
-        echo "scripts/test.sh: pytest ran no tests on $backend; that is a failure here" >&2
+        echo "scripts/test.sh: pytest ran no tests for $label; that is a failure here" >&2
         status=1
     fi
     if [ "$status" -ne 0 ]; then
@@ -23,10 +24,14 @@ run() {  # run BACKEND VENV PYTEST-ARGS...
 }
 
 bash scripts/setup.sh test || exit 1
-run jax .venv "$@"
+run jax jax .venv "$@"
+# keras-hub brings TensorFlow along (tensorflow-text), which the main JAX environment
+# must not have: its backend and image-folder tests are about a machine without it.
+bash scripts/setup.sh --venv .venv-hub hub test || exit 1
+FROSTLINE_REQUIRE_HUB=1 run keras-hub jax .venv-hub tests/hub
 for backend in tensorflow torch; do
     bash scripts/setup.sh --venv ".venv-$backend" "$backend" test || exit 1
-    run "$backend" ".venv-$backend" tests/parity
+    run "$backend" "$backend" ".venv-$backend" tests/parity
 done
 
 # One closing line over all runs.
