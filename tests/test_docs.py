@@ -62,8 +62,13 @@ def python_blocks(text: str) -> list[Block]:
     return blocks
 
 
+# Keras's progress lines carry wall-clock times ("2s - 389ms/step"), which differ on
+# every run; they are compared with the times masked.
+_TIMES = re.compile(r"\b\d+(?:\.\d+)?(?:s|ms|us)(?=/step\b| -)")
+
+
 def printed_lines(text: str) -> list[str]:
-    return [line.rstrip() for line in text.strip().splitlines()]
+    return [_TIMES.sub("<time>", line.rstrip()) for line in text.strip().splitlines()]
 
 
 PAGES = sorted(p.name for p in (ROOT / "docs").glob("*.md") if python_blocks(p.read_text()))

@@ -14,7 +14,7 @@ from frostline.apply.guard import FreezeGuard  # noqa: E402
 from frostline.apply.learning_rate import PhaseSchedule  # noqa: E402
 from frostline.apply.loading import load_model  # noqa: E402
 from frostline.apply.sync import sync  # noqa: E402
-from frostline.cache.policy import FrostSplit, frost_split  # noqa: E402
+from frostline.cache.split import FrostSplit, frost_split  # noqa: E402
 from frostline.errors import (  # noqa: E402
     BackendUnavailable,
     CheckpointError,
@@ -41,7 +41,8 @@ from frostline.plan.rules import Freeze, Inference, LearningRate, Lora, Rule, Un
 from frostline.plan.selectors import Selector, VariableSelector, parse_selector  # noqa: E402
 from frostline.train import schedules  # noqa: E402
 from frostline.train.distribute import data_parallel  # noqa: E402
-from frostline.train.runner import FineTune, Phase  # noqa: E402
+from frostline.train.phase import Phase, PhaseInfo  # noqa: E402
+from frostline.train.runner import FineTune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -71,6 +72,7 @@ __all__ = [
     "NoStoredPlan",
     "NotCacheable",
     "Phase",
+    "PhaseInfo",
     "PhaseSchedule",
     "Plan",
     "PlanError",

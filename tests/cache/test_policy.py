@@ -16,7 +16,7 @@ def two_runs(build, x, y, phases, **fit_kwargs):
     for cache in ("auto", False):
         keras.utils.set_random_seed(0)
         model = build()
-        phased = [fl.Phase(p.name, p.epochs, p.plan, p.learning_rate, cache=cache if p.cache == "auto" else p.cache)
+        phased = [fl.Phase(p.name, epochs=p.epochs, plan=p.plan, learning_rate=p.learning_rate, cache=cache if p.cache == "auto" else p.cache)
                   for p in phases]
         run = fl.FineTune(model, phased, optimizer=keras.optimizers.Adam(1e-2), loss="mse")
         history = run.fit(x, y, batch_size=8, verbose=0, shuffle=False, **fit_kwargs)
@@ -33,7 +33,7 @@ def assert_same_weights(a, b):
 
 def test_cached_phases_train_the_same_weights_and_losses_as_plain_fit():
     x, y = arrays(32)
-    phases = [fl.Phase("head", 3, fl.Plan().freeze("base")), fl.Phase("top", 2, fl.Plan().unfreeze("block5"))]
+    phases = [fl.Phase("head", epochs=3, plan=fl.Plan().freeze("base")), fl.Phase("top", epochs=2, plan=fl.Plan().unfreeze("block5"))]
     (cached, h1), (plain, h2) = two_runs(nested, x, y, phases, validation_data=(x[:8], y[:8]))
     assert_same_weights(cached, plain)
     np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-5)
@@ -65,7 +65,7 @@ def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit(tmp_path, cap
     for cache in ("auto", False):
         keras.utils.set_random_seed(0)
         model = nested()
-        run = fl.FineTune(model, [fl.Phase("head", 3, fl.Plan().freeze("base"), cache=cache)],
+        run = fl.FineTune(model, [fl.Phase("head", epochs=3, plan=fl.Plan().freeze("base"), cache=cache)],
                           optimizer=keras.optimizers.Adam(1e-2), loss="mse", cache_memory_limit=100, cache_dir=tmp_path)
         history = run.fit(x, y, batch_size=8, sample_weight=weights, validation_data=(x[:16], y[:16], weights[:16]),
                           validation_batch_size=4, verbose=0, shuffle=False, phase_lines=True)
@@ -85,7 +85,7 @@ def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit(tmp_path, cap
 def test_cached_phase_with_a_skip_connection_across_the_cut():
     # tests/cache/test_split.py checks where this model is cut.
     x, y = arrays(32)
-    phases = [fl.Phase("a", 3, fl.Plan().freeze(["frozen1", "frozen2"]))]
+    phases = [fl.Phase("a", epochs=3, plan=fl.Plan().freeze(["frozen1", "frozen2"]))]
     (cached, _), (plain, _) = two_runs(skip_model, x, y, phases)
     assert_same_weights(cached, plain)
 
@@ -97,7 +97,7 @@ def test_cached_phase_with_a_nested_applications_base():
     base = lambda m: m.layers[0].name  # noqa: E731
     keras.utils.set_random_seed(0)
     name = base(build())
-    phases = [fl.Phase("head", 2, fl.Plan().freeze(name)), fl.Phase("top", 2, fl.Plan().unfreeze(f"{name}/block_16_*"))]
+    phases = [fl.Phase("head", epochs=2, plan=fl.Plan().freeze(name)), fl.Phase("top", epochs=2, plan=fl.Plan().unfreeze(f"{name}/block_16_*"))]
     (cached, _), (plain, _) = two_runs(build, x, y, phases)
     assert_same_weights(cached, plain)
 
@@ -105,7 +105,7 @@ def test_cached_phase_with_a_nested_applications_base():
 def test_auto_falls_back_with_a_reason(capsys):
     x, y = arrays(16)
     model = nested()
-    run = fl.FineTune(model, [fl.Phase("one", 1, fl.Plan().freeze("base")), fl.Phase("all", 2, fl.Plan().unfreeze("base"))],
+    run = fl.FineTune(model, [fl.Phase("one", epochs=1, plan=fl.Plan().freeze("base")), fl.Phase("all", epochs=2, plan=fl.Plan().unfreeze("base"))],
                       loss="mse")
     run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
     out = capsys.readouterr().out
@@ -116,14 +116,14 @@ def test_auto_falls_back_with_a_reason(capsys):
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_explicit_cache_that_cannot_apply_is_an_error(mode):
     x, y = arrays(16)
-    run = fl.FineTune(nested(), [fl.Phase("all", 2, cache=mode)], loss="mse")
+    run = fl.FineTune(nested(), [fl.Phase("all", epochs=2, cache=mode)], loss="mse")
     with pytest.raises(fl.NotCacheable, match=f"Phase 'all' asks for cache='{mode}', which cannot apply: nothing frozen"):
         run.fit(x, y, verbose=0)
 
 
 def test_float16_disk_cache_halves_the_bytes_and_is_removed_after_the_phase(tmp_path, capsys):
     x, y = arrays(40)
-    run = fl.FineTune(nested(), [fl.Phase("head", 2, fl.Plan().freeze("base"), cache="disk", cache_dtype="float16")],
+    run = fl.FineTune(nested(), [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache="disk", cache_dtype="float16")],
                       loss="mse", cache_dir=tmp_path)
     run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
     out = capsys.readouterr().out
@@ -133,7 +133,7 @@ def test_float16_disk_cache_halves_the_bytes_and_is_removed_after_the_phase(tmp_
 
 def test_auto_goes_to_disk_above_the_memory_limit(capsys):
     x, y = arrays(40)
-    run = fl.FineTune(nested(), [fl.Phase("head", 2, fl.Plan().freeze("base"))], loss="mse", cache_memory_limit=100)
+    run = fl.FineTune(nested(), [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"))], loss="mse", cache_memory_limit=100)
     run.fit(x, y, batch_size=8, verbose=0, phase_lines=True)
     assert "cache: disk, 800 bytes" in capsys.readouterr().out
 
@@ -148,7 +148,7 @@ def test_cached_phase_keeps_learning_rate_multipliers_and_callbacks_see_the_whol
             seen.append(self.model.name)
 
     conv1 = model.get_layer("base").get_layer("block5").get_layer("conv1")
-    run = fl.FineTune(model, [fl.Phase("top", 3, fl.Plan().freeze("base").unfreeze("block5").lr("conv1", 0.0),
+    run = fl.FineTune(model, [fl.Phase("top", epochs=3, plan=fl.Plan().freeze("base").unfreeze("block5").lr("conv1", 0.0),
                                        cache="memory", callbacks=(Seen(),))], loss="mse")
     before = keras.ops.convert_to_numpy(conv1.kernel.value).copy()
     run.fit(x, y, batch_size=8, verbose=0)
@@ -158,7 +158,7 @@ def test_cached_phase_keeps_learning_rate_multipliers_and_callbacks_see_the_whol
 
 def test_user_early_stopping_ends_a_cached_run():
     x, y = arrays(32)
-    run = fl.FineTune(nested(), [fl.Phase("a", 20, fl.Plan().freeze("base"), 1e-9, cache="memory"), fl.Phase("b", 2)],
+    run = fl.FineTune(nested(), [fl.Phase("a", epochs=20, plan=fl.Plan().freeze("base"), learning_rate=1e-9, cache="memory"), fl.Phase("b", epochs=2)],
                       loss="mse")
     stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1.0)
     history = run.fit(x, y, batch_size=8, verbose=0, callbacks=[stop])

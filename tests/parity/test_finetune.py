@@ -42,7 +42,7 @@ def test_cached_phase_trains_the_same_weights_as_plain_fit(shape):
     for cache in ("memory", False):
         keras.utils.set_random_seed(0)
         model = build()
-        run = fl.FineTune(model, [fl.Phase("head", 2, fl.Plan().freeze(frozen), cache=cache)],
+        run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze(frozen), cache=cache)],
                           optimizer=keras.optimizers.Adam(1e-2), loss="mse")
         run.fit(x, y, batch_size=4, verbose=0, shuffle=False)
         results.append(values(model))
@@ -59,7 +59,7 @@ def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit():
     for cache in ("disk", False):
         keras.utils.set_random_seed(0)
         model = nested()
-        run = fl.FineTune(model, [fl.Phase("head", 2, fl.Plan().freeze("base"), cache=cache)],
+        run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache=cache)],
                           optimizer=keras.optimizers.Adam(1e-2), loss="mse", cache_memory_limit=64)
         history = run.fit(x, y, batch_size=4, validation_data=(x[:8], y[:8]), verbose=0, shuffle=False)
         results.append((values(model), history.history["val_loss"]))
@@ -76,7 +76,7 @@ def test_data_parallelism_where_keras_has_it(tmp_path):
         with pytest.raises(ValueError, match="needs the JAX backend; Keras does not support it on 'torch'"):
             fl.data_parallel(2)
         with pytest.raises(ValueError, match="Keras does not support data parallelism on the 'torch' backend"):
-            fl.FineTune(nested(), [fl.Phase("all", 1)], loss="mse", distribution=object())
+            fl.FineTune(nested(), [fl.Phase("all", epochs=1)], loss="mse", distribution=object())
         return
     if BACKEND == "jax":
         results = []
@@ -84,7 +84,7 @@ def test_data_parallelism_where_keras_has_it(tmp_path):
             keras.utils.set_random_seed(0)
             model = nested()
             x, y = data(model)
-            fl.FineTune(model, [fl.Phase("head", 2, fl.Plan().freeze("base"))], loss="mse",
+            fl.FineTune(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"))], loss="mse",
                         distribution=distribution).fit(x, y, batch_size=4, verbose=0, shuffle=False)
             results.append(values(model))
         for key in results[0]:

@@ -49,8 +49,8 @@ def main() -> None:
         (xs, ys), batch = halves[int(who)], 8
         distribution = fl.data_parallel("auto", auto_shard_dataset=False)
     run = fl.FineTune(model, [
-        fl.Phase("head", 3, fl.Plan().freeze("base"), 1e-2),
-        fl.Phase("top", 2, fl.Plan().unfreeze("d1").inference("bn"), 1e-3),
+        fl.Phase("head", epochs=3, plan=fl.Plan().freeze("base"), learning_rate=1e-2),
+        fl.Phase("top", epochs=2, plan=fl.Plan().unfreeze("d1").inference("bn"), learning_rate=1e-3),
     ], loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), distribution=distribution,
         checkpoint_dir=os.path.join(out, f"checkpoints-{'reference' if who == 'reference' else 'shared'}"))
     if who != "reference":

@@ -128,7 +128,7 @@ def test_data_parallel_rejects_a_bad_device_count(devices):
 def test_finetune_rejects_something_that_is_not_a_distribution():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(TypeError, match=r"Expected distribution to be keras.distribution.DataParallel"):
-        fl.FineTune(model, [fl.Phase("all", 1)], loss="mse", distribution="mirrored")
+        fl.FineTune(model, [fl.Phase("all", epochs=1)], loss="mse", distribution="mirrored")
 
 
 def test_finetune_rejects_model_parallel():
@@ -136,7 +136,7 @@ def test_finetune_rejects_model_parallel():
     mesh = keras.distribution.DeviceMesh((1,), ["model"], keras.distribution.list_devices()[:1])
     layout_map = keras.distribution.LayoutMap(mesh)
     with pytest.raises(ValueError, match="supports keras.distribution.DataParallel"):
-        fl.FineTune(model, [fl.Phase("all", 1)], loss="mse",
+        fl.FineTune(model, [fl.Phase("all", epochs=1)], loss="mse",
                     distribution=keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="model"))
 
 

@@ -18,3 +18,9 @@ import frostline as fl
 def test_phase_refuses_bad_arguments_naming_them(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         fl.Phase(**kwargs)
+
+
+def test_phase_takes_only_its_name_positionally():
+    with pytest.raises(fl.FrostlineTypeError, match=r"Phase\('top', epochs=5"):
+        fl.Phase("top", 5, fl.Plan())
+    assert fl.Phase("top", epochs=5).epochs == 5

@@ -40,7 +40,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 def phases():
-    return [fl.Phase("a", 2, fl.Plan().freeze("base")), fl.Phase("b", 1, fl.Plan().unfreeze("base"))]
+    return [fl.Phase("a", epochs=2, plan=fl.Plan().freeze("base")), fl.Phase("b", epochs=1, plan=fl.Plan().unfreeze("base"))]
 
 
 X, Y = arrays(16)
@@ -48,7 +48,7 @@ X, Y = arrays(16)
 
 def test_resume_with_a_different_config_names_the_fields(tmp_path):
     fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=tmp_path, seed=1).fit(X, Y, batch_size=8, verbose=0)
-    changed = [fl.Phase("a", 3, fl.Plan().freeze("base")), fl.Phase("b", 1, fl.Plan().unfreeze("base"))]
+    changed = [fl.Phase("a", epochs=3, plan=fl.Plan().freeze("base")), fl.Phase("b", epochs=1, plan=fl.Plan().unfreeze("base"))]
     run = fl.FineTune(nested(), changed, loss="mse", checkpoint_dir=tmp_path, seed=2)
     with pytest.raises(fl.CheckpointError, match=r"phases\[0\]\.epochs: 2 -> 3; seed: 1 -> 2"):
         run.fit(X, Y, batch_size=8, verbose=0, resume=True)

@@ -94,8 +94,8 @@ def test_schedule_counts_from_the_phase_start():
 
 def test_fine_tune_refuses_duplicate_phase_names_and_an_epochs_argument():
     with pytest.raises(ValueError, match=r"distinct phase names.*\['a'\]"):
-        fl.FineTune(nested(), [fl.Phase("a", 1), fl.Phase("a", 1)], loss="mse")
-    run = fl.FineTune(nested(), [fl.Phase("a", 1)], loss="mse")
+        fl.FineTune(nested(), [fl.Phase("a", epochs=1), fl.Phase("a", epochs=1)], loss="mse")
+    run = fl.FineTune(nested(), [fl.Phase("a", epochs=1)], loss="mse")
     with pytest.raises(TypeError, match="sets 'epochs' from the phases"):
         run.fit(X, Y, epochs=3)
 
@@ -108,7 +108,7 @@ def test_fine_tune_trains_from_a_py_dataset():
         def __getitem__(self, i):
             return X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
 
-    history = fl.FineTune(nested(), [fl.Phase("a", 1), fl.Phase("b", 1, plan=fl.Plan().freeze("base"))], loss="mse").fit(Data(), verbose=0)
+    history = fl.FineTune(nested(), [fl.Phase("a", epochs=1), fl.Phase("b", epochs=1, plan=fl.Plan().freeze("base"))], loss="mse").fit(Data(), verbose=0)
     assert history.epoch == [0, 1]
 
 
@@ -120,7 +120,7 @@ def test_model_checkpoint_saves_every_epoch_of_a_run_fed_by_a_generator(tmp_path
 
     model = nested()
     saver = keras.callbacks.ModelCheckpoint(str(tmp_path / "e{epoch}.keras"))
-    history = fl.FineTune(model, [fl.Phase("a", 1, fl.Plan().freeze("base")), fl.Phase("b", 1)], loss="mse").fit(
+    history = fl.FineTune(model, [fl.Phase("a", epochs=1, plan=fl.Plan().freeze("base")), fl.Phase("b", epochs=1)], loss="mse").fit(
         batches(), steps_per_epoch=4, shuffle=False, verbose=0, callbacks=[saver]
     )
     assert history.epoch == [0, 1]

@@ -90,7 +90,7 @@ def _plain_frozen(setup: _Setup, epochs: int) -> tuple[float, keras.Model]:
 def _frostline_cached(setup: _Setup, epochs: int) -> tuple[float, keras.Model, int]:
     """(b) a frostline phase with `cache="auto"`; also returns the cache's size."""
     cached = setup.fresh()
-    run = _CacheSizes(cached, [Phase("head", epochs, Plan().freeze(cached.layers[0].name))],
+    run = _CacheSizes(cached, [Phase("head", epochs=epochs, plan=Plan().freeze(cached.layers[0].name))],
                       optimizer=keras.optimizers.Adam(1e-3), loss=setup.loss)
     return setup.fit(run), cached, run.sizes[0]
 
@@ -122,7 +122,7 @@ def _unfrozen_pairs(setup: _Setup, epochs: int, repeats: int) -> tuple[list[floa
                 model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=setup.loss)
                 plain_times.append(setup.fit(model, epochs))
             else:
-                run = FineTune(model, [Phase("all", epochs)], optimizer=keras.optimizers.Adam(1e-4), loss=setup.loss)
+                run = FineTune(model, [Phase("all", epochs=epochs)], optimizer=keras.optimizers.Adam(1e-4), loss=setup.loss)
                 ours_times.append(setup.fit(run))
     return plain_times, ours_times
 
@@ -204,7 +204,7 @@ def _memory_child(mode: str, samples: int, features: int, width: int, epochs: in
                             name="base")
     model = keras.Sequential([keras.Input((features,)), base, keras.layers.Dense(10, name="head")], name="wide")
     cache = {"plain": False, "disk": "disk", "memory": "memory"}[mode]
-    run = FineTune(model, [Phase("head", epochs, Plan().freeze("base"), cache=cache)],
+    run = FineTune(model, [Phase("head", epochs=epochs, plan=Plan().freeze("base"), cache=cache)],
                    optimizer=keras.optimizers.Adam(1e-3),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    cache_memory_limit=memory_limit)

@@ -100,7 +100,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from frostline.train.checkpoint import CheckpointError
+    from frostline.errors import CheckpointError
     from frostline.app.config import ConfigError, load_config
     from frostline.app.train_job import run_training
 

@@ -118,8 +118,8 @@ def run_demo(out: str = "frostline-demo", *, seed: int = 0, labels_per_class: in
             frozen_accuracy["value"] = _accuracy(model, x_test, y_test)
 
     phases = [
-        Phase("head", epochs(40), Plan().freeze("base").inference("base"), 1e-2, callbacks=(AfterPhase1(),)),
-        Phase("top block", epochs(30), Plan().unfreeze("base/block3_*"), 1e-3),
+        Phase("head", epochs=epochs(40), plan=Plan().freeze("base").inference("base"), learning_rate=1e-2, callbacks=(AfterPhase1(),)),
+        Phase("top block", epochs=epochs(30), plan=Plan().unfreeze("base/block3_*"), learning_rate=1e-3),
     ]
     run = FineTune(model, phases, optimizer="adam", loss=loss, metrics=["accuracy"], seed=seed)
     history = run.fit(x_few, y_few, validation_data=(x_test, y_test), batch_size=16, verbose=0,

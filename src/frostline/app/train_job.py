@@ -128,7 +128,7 @@ def validate_plans(model: keras.Model, config: TrainConfig) -> list[Phase]:
                 m = re.match(r"Rule (\d+) ", str(e))
                 where = f"phases[{i}].plan" + (f".rules[{int(m.group(1)) - 1}]" if m else "")
                 raise ConfigError(f"{where}: {e}") from None
-            phases.append(Phase(spec.name, spec.epochs, plan, spec.learning_rate,
+            phases.append(Phase(spec.name, epochs=spec.epochs, plan=plan, learning_rate=spec.learning_rate,
                                 early_stopping=spec.early_stopping))
     return phases
 

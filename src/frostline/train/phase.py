@@ -4,6 +4,7 @@ override points about a phase as it runs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -56,6 +57,7 @@ class Phase:
     """
 
     name: str
+    _: dataclasses.KW_ONLY
     epochs: int
     plan: Plan = dataclasses.field(default_factory=Plan)
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
@@ -162,6 +164,24 @@ class Phase:
         if isinstance(values.get("learning_rate"), Mapping):
             values["learning_rate"] = keras.saving.deserialize_keras_object(values["learning_rate"])
         return cls(**values, callbacks=tuple(callbacks))
+
+
+_dataclass_init = Phase.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _phase_init(self, name: str, *more: Any, **kwargs: Any) -> None:
+    # The name alone is positional: `Phase("top", 5, plan, 1e-5)` is easy to misread.
+    if more:
+        raise FrostlineTypeError(
+            f"Phase takes its name positionally and everything else by keyword, e.g. "
+            f"Phase({name!r}, epochs=5, plan=fl.Plan().freeze('base'), learning_rate=1e-3). "
+            f"Received {len(more)} more positional argument(s): {', '.join(repr(m) for m in more)}."
+        )
+    _dataclass_init(self, name, **kwargs)
+
+
+Phase.__init__ = _phase_init
 
 
 @dataclasses.dataclass(frozen=True)

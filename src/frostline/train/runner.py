@@ -161,7 +161,7 @@ class FineTune:
         ...         print(phase.name, "ran", info.epochs_run, "epochs")
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="body"),
         ...                           keras.layers.Dense(1, name="head")])
-        >>> run = Sizes(model, [fl.Phase("head", 2, fl.Plan().freeze("body"))], loss="mse")
+        >>> run = Sizes(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("body"))], loss="mse")
         >>> _ = run.fit(np.ones((8, 4)), np.ones((8, 1)), verbose=0)
         head True 96
         head ran 2 epochs

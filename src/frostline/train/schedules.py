@@ -49,8 +49,8 @@ def two_phase(
     Phase('finetune', epochs=3, plan=Plan(unfreeze base), learning_rate=1e-05)
     """
     return [
-        Phase("head", head_epochs, Plan().freeze(base).inference(base), head_learning_rate),
-        Phase("finetune", finetune_epochs, Plan().unfreeze(unfreeze or base), finetune_learning_rate),
+        Phase("head", epochs=head_epochs, plan=Plan().freeze(base).inference(base), learning_rate=head_learning_rate),
+        Phase("finetune", epochs=finetune_epochs, plan=Plan().unfreeze(unfreeze or base), learning_rate=finetune_learning_rate),
     ]
 
 
@@ -85,9 +85,9 @@ def gradual_unfreeze(
     blocks = list(blocks)
     if not blocks:
         raise FrostlineValueError("Expected at least one block selector. Received an empty list.")
-    phases = [Phase("head", head_epochs or epochs_per_block, Plan().freeze(blocks), learning_rate)]
+    phases = [Phase("head", epochs=head_epochs or epochs_per_block, plan=Plan().freeze(blocks), learning_rate=learning_rate)]
     for block in reversed(blocks):
-        phases.append(Phase(f"unfreeze {block}", epochs_per_block, Plan().unfreeze(block), learning_rate))
+        phases.append(Phase(f"unfreeze {block}", epochs=epochs_per_block, plan=Plan().unfreeze(block), learning_rate=learning_rate))
     return phases
 
 
