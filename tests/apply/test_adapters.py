@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
+from parity.helpers import numpy
 
 
 def _model(order=("d1", "d2")):
@@ -24,10 +25,6 @@ def _data():
     return rng.random((32, 6)).astype("float32"), rng.random((32, 3)).astype("float32")
 
 
-def _numpy(v):
-    return keras.ops.convert_to_numpy(v).copy()
-
-
 def _dense(model, name):
     return model.get_layer("base").get_layer(name)
 
@@ -36,12 +33,12 @@ def test_lora_rule_trains_only_adapters_and_head_kernels_stay_bit_identical():
     model = _model()
     x, y = _data()
     fl.apply(model, fl.Plan().freeze("**").lora("base", rank=2).unfreeze("logits"))
-    kernels = {n: _numpy(_dense(model, n)._kernel) for n in ("d1", "d2")}
-    adapters = {n: _numpy(_dense(model, n).lora_kernel_b) for n in ("d1", "d2")}
+    kernels = {n: numpy(_dense(model, n)._kernel) for n in ("d1", "d2")}
+    adapters = {n: numpy(_dense(model, n).lora_kernel_b) for n in ("d1", "d2")}
     model.fit(x, y, epochs=3, verbose=0)
     for n in ("d1", "d2"):
-        np.testing.assert_array_equal(_numpy(_dense(model, n)._kernel), kernels[n])
-        assert np.any(_numpy(_dense(model, n).lora_kernel_b) != adapters[n])
+        np.testing.assert_array_equal(numpy(_dense(model, n)._kernel), kernels[n])
+        assert np.any(numpy(_dense(model, n).lora_kernel_b) != adapters[n])
     assert sorted(v.name for v in model.trainable_weights) == sorted(
         ["lora_kernel_a", "lora_kernel_b"] * 2 + ["kernel", "bias"])
 
@@ -51,9 +48,9 @@ def test_unfreezing_the_container_later_keeps_adapted_kernels_frozen():
     x, y = _data()
     fl.apply(model, fl.Plan().freeze("**").lora("d1", rank=2))
     fl.apply(model, fl.Plan().unfreeze("base"))
-    kernel = _numpy(_dense(model, "d1")._kernel)
+    kernel = numpy(_dense(model, "d1")._kernel)
     model.fit(x, y, epochs=2, verbose=0)
-    np.testing.assert_array_equal(_numpy(_dense(model, "d1")._kernel), kernel)
+    np.testing.assert_array_equal(numpy(_dense(model, "d1")._kernel), kernel)
     assert _dense(model, "d2").kernel.trainable  # not adapted: unfrozen as asked
 
 
@@ -112,8 +109,8 @@ def test_adapters_load_by_layer_path_into_a_model_built_in_another_order(tmp_pat
     assert fl.load_adapters(target, path) == ["base/d1", "base/d2"]
     for n in ("d1", "d2"):
         for name in ("lora_kernel_a", "lora_kernel_b"):
-            np.testing.assert_array_equal(_numpy(getattr(_dense(target, n), name)),
-                                          _numpy(getattr(_dense(source, n), name)))
+            np.testing.assert_array_equal(numpy(getattr(_dense(target, n), name)),
+                                          numpy(getattr(_dense(source, n), name)))
 
 
 def test_loading_adapters_into_a_different_model_is_refused_and_changes_nothing(tmp_path):
@@ -163,11 +160,11 @@ def test_qlora_trains_adapters_on_an_int8_model_and_refuses_to_unfreeze_quantize
     model.quantize("int8")  # every Dense, the head included
     fl.apply(model, fl.Plan().freeze("**").lora(["base", "logits"], rank=2))
     model.compile(optimizer="adam", loss="mse")
-    kernel = _numpy(_dense(model, "d1")._kernel)
-    adapter = _numpy(_dense(model, "d1").lora_kernel_b)
+    kernel = numpy(_dense(model, "d1")._kernel)
+    adapter = numpy(_dense(model, "d1").lora_kernel_b)
     model.fit(x, y, epochs=2, verbose=0)
-    np.testing.assert_array_equal(_numpy(_dense(model, "d1")._kernel), kernel)
-    assert np.any(_numpy(_dense(model, "d1").lora_kernel_b) != adapter)
+    np.testing.assert_array_equal(numpy(_dense(model, "d1")._kernel), kernel)
+    assert np.any(numpy(_dense(model, "d1").lora_kernel_b) != adapter)
     flags = [(v.path, v.trainable) for v in model.weights]
     with pytest.raises(fl.PlanError, match="quantized"):
         fl.apply(model, fl.Plan().unfreeze("base"))

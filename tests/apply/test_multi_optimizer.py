@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import frostline as fl
+from parity.helpers import numpy
 
 
 def _model(optimizer):
@@ -29,24 +30,20 @@ def _data():
     return rng.random((16, 4)).astype("float32"), rng.random((16, 2)).astype("float32")
 
 
-def _numpy(v):
-    return keras.ops.convert_to_numpy(v).copy()
-
-
 def test_unfreezing_keeps_the_sub_optimizers_state_and_trains_the_new_set():
     model = _model(_multi())
     x, y = _data()
     fl.apply(model, fl.Plan().freeze("base"))
     model.fit(x, y, epochs=2, verbose=0)
     adam = model.optimizer.optimizers[0]
-    moments = [_numpy(v) for v in adam.variables]
-    assert int(_numpy(adam.iterations)) == 2
+    moments = [numpy(v) for v in adam.variables]
+    assert int(numpy(adam.iterations)) == 2
     fl.apply(model, fl.Plan().unfreeze("base/d2"))
     for kept, now in zip(moments, adam.variables):
-        np.testing.assert_array_equal(_numpy(now), kept)
-    before = {v.path: _numpy(v) for v in model.weights}
+        np.testing.assert_array_equal(numpy(now), kept)
+    before = {v.path: numpy(v) for v in model.weights}
     model.fit(x, y, epochs=1, verbose=0)
-    changed = {v.path for v in model.weights if np.any(_numpy(v) != before[v.path])}
+    changed = {v.path for v in model.weights if np.any(numpy(v) != before[v.path])}
     assert changed == {"base/d2/kernel", "base/d2/bias", "m/head/kernel", "m/head/bias"}
 
 
@@ -55,9 +52,9 @@ def test_freezing_after_training_stops_those_updates():
     x, y = _data()
     model.fit(x, y, epochs=1, verbose=0)
     fl.apply(model, fl.Plan().freeze("base"))
-    before = {v.path: _numpy(v) for v in model.weights}
+    before = {v.path: numpy(v) for v in model.weights}
     model.fit(x, y, epochs=2, verbose=0)
-    assert all(np.array_equal(_numpy(v), before[v.path]) for v in model.weights if v.path.startswith("base/"))
+    assert all(np.array_equal(numpy(v), before[v.path]) for v in model.weights if v.path.startswith("base/"))
 
 
 def test_lr_multipliers_scale_sub_optimizer_steps_exactly():
@@ -68,9 +65,9 @@ def test_lr_multipliers_scale_sub_optimizer_steps_exactly():
         model = _model(_multi())
         fl.apply(model, plan)
         kernel = model.get_layer("base").get_layer("d1").kernel
-        before = _numpy(kernel)
+        before = numpy(kernel)
         model.train_on_batch(x, y)
-        steps.append(_numpy(kernel) - before)
+        steps.append(numpy(kernel) - before)
     np.testing.assert_allclose(steps[0], 0.25 * steps[1], rtol=1e-3, atol=1e-8)
     assert np.abs(steps[1]).max() > 1e-4
 
