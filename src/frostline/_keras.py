@@ -283,6 +283,12 @@ def run_through_graph(graph: keras.Model, inputs: Any, operation_fn: Callable) -
     return graph._run_through_graph(inputs, operation_fn=operation_fn)
 
 
+def input_structure(graph: keras.Model) -> Any:
+    """The structure (a tensor, list or dict) a Functional graph was built on, with its
+    input tensors. Relies on `Function._inputs_struct`."""
+    return graph._inputs_struct
+
+
 def graph_nodes(graph: keras.Model) -> list:
     """Every node of a Functional graph, by depth. Relies on `Functional._nodes_by_depth`."""
     return [node for nodes in graph._nodes_by_depth.values() for node in nodes]

@@ -31,3 +31,20 @@ def gemma_lm():
 def prompt():
     ids = np.array([[1, 5, 7, 0, 0, 0, 0, 0]], "int32")
     return {"token_ids": ids, "padding_mask": ids > 0}
+
+
+def gemma3_lm():
+    """A Gemma3 causal LM: its task calls the backbone by keyword, `backbone(inputs=...)`."""
+    backbone = keras_hub.models.Gemma3Backbone(vocabulary_size=40, image_size=16, num_layers=2, num_query_heads=2,
+                                               num_key_value_heads=1, hidden_dim=8, intermediate_dim=16, head_dim=4)
+    return keras_hub.models.Gemma3CausalLM(preprocessor=None, backbone=backbone)
+
+
+def token_ids(n: int = 16, seed: int = 0, length: int = 8, vocabulary: int = 50, segments: bool = True):
+    """Token-id inputs as a keras-hub task takes them without a preprocessor, and labels."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocabulary, (n, length)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}
+    if segments:
+        x["segment_ids"] = np.zeros_like(ids)
+    return x, rng.integers(0, 2, n)

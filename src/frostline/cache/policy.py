@@ -25,6 +25,8 @@ from frostline.errors import NotCacheable
 
 __all__ = ["CachePolicy", "CachedPhase", "FitInputs", "reason_not_to_cache"]
 
+PREPROCESSES = "the model preprocesses its inputs inside fit (keras-hub preprocessor)."
+
 CacheMode = Literal["auto", "memory", "disk"] | bool
 
 
@@ -86,6 +88,8 @@ def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, p
     """
     if epochs == 1:
         return "a phase of one epoch computes each activation once anyway."
+    if getattr(model, "preprocessor", None) is not None:
+        return PREPROCESSES
     if processes > 1:
         return "the run spans several processes, and Keras's predict cannot gather activations across hosts."
     if not is_arrays(inputs.x) or not isinstance(inputs.y, np.ndarray):
@@ -99,9 +103,30 @@ def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, p
     return None
 
 
-def _activation_bytes(split: FrostSplit, inputs: FitInputs, dtype: np.dtype) -> int:
+def _cut_shapes(split: FrostSplit, x: Any) -> list[tuple[int, ...]]:
+    """Each cut tensor's shape without the batch axis, for the data's real shapes: a
+    dimension the graph leaves open (a sequence length) is fixed by the arrays."""
+    if all(d is not None for _, shape in split.cut for d in shape[1:]):
+        return [tuple(int(d) for d in shape[1:]) for _, shape in split.cut]
+    specs = keras.tree.map_structure(lambda a: keras.KerasTensor((None, *a.shape[1:]), dtype=a.dtype), x)
+    if isinstance(specs, tuple):
+        specs = list(specs)
+    out = keras.tree.flatten(split.frozen.compute_output_spec(specs))
+    shapes = [tuple(t.shape[1:]) for t in out]
+    if any(d is None for shape in shapes for d in shape):
+        raise NotCacheable(f"the activations at the frost line have a size the data does not fix: {shapes}.")
+    return [tuple(int(d) for d in shape) for shape in shapes]
+
+
+def _activation_bytes(shapes: list[tuple[int, ...]], inputs: FitInputs, dtype: np.dtype) -> int:
     n = samples(inputs.x) + (samples(inputs.validation[0]) if inputs.validation is not None else 0)
-    return n * sum(int(np.prod(shape[1:])) for _, shape in split.cut) * dtype.itemsize
+    return n * sum(int(np.prod(shape)) for shape in shapes) * dtype.itemsize
+
+
+def _unexpected(error: Exception) -> str:
+    """The reason for a split that failed in an unforeseen way, in one sentence."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"the frost line could not be cut ({type(error).__name__}{': ' + detail if detail else ''})."
 
 
 class CachePolicy:
@@ -152,15 +177,23 @@ class CachePolicy:
             yield CachedPhase(None, inputs, "off (cache=False)")
             return
         split, reason = self._split(model, inputs, epochs)
+        shapes: list[tuple[int, ...]] = []
+        if split is not None:
+            try:
+                shapes = _cut_shapes(split, inputs.x)
+            except NotCacheable as e:
+                split, reason = None, str(e)
+            except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
+                split, reason = None, _unexpected(e)
         if split is None:
             if mode != "auto":
                 raise NotCacheable(f"{what} asks for cache={mode!r}, which cannot apply: {reason}")
             yield CachedPhase(None, inputs, f"off, plain fit: {reason}")
             return
         dtype = np.dtype(dtype or keras.backend.floatx())
-        estimate = _activation_bytes(split, inputs, dtype)
+        estimate = _activation_bytes(shapes, inputs, dtype)
         storage = mode if mode != "auto" else ("memory" if estimate <= self.memory_limit else "disk")
-        cut = ", ".join(f"{shape[1:]}" for _, shape in split.cut)
+        cut = ", ".join(f"{shape}" for shape in shapes)
         description = f"{storage}, {estimate:,} bytes of activations at the frost line {cut}"
         with contextlib.ExitStack() as cleanup:
             if storage == "memory":
@@ -178,6 +211,8 @@ class CachePolicy:
             return frost_split(model), None
         except NotCacheable as e:
             return None, str(e)
+        except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
+            return None, _unexpected(e)
 
     def _in_memory(self, split: FrostSplit, inputs: FitInputs, dtype: np.dtype) -> FitInputs:
         batch = inputs.batch_size or 32
@@ -201,10 +236,9 @@ class CachePolicy:
         sample_weight = kwargs.pop("sample_weight", None)
         batch = inputs.batch_size or 32
         validation_batch = kwargs.pop("validation_batch_size", None) or batch
-        shapes = [shape[1:] for _, shape in split.cut]
 
         def store(x: Any, batch_size: int, label: str) -> DiskActivations:
-            activations = compute_on_disk(split.frozen, x, shapes=shapes, batch_size=batch_size, dtype=dtype,
+            activations = compute_on_disk(split.frozen, x, shapes=_cut_shapes(split, x), batch_size=batch_size, dtype=dtype,
                                           folder=folder, label=label, memory_limit=self.memory_limit)
             cleanup.callback(activations.close)
             return activations

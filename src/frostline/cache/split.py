@@ -91,6 +91,12 @@ def _tracing_fn(frozen_ids: set[int]) -> Callable:
         inner = _keras.functional_graph(op) if isinstance(op, keras.Model) else None
         if inner is not None:
             def call_nested(*args, **kwargs):
+                kwargs.pop("training", None)
+                kwargs.pop("mask", None)
+                if not args or kwargs:
+                    called = ", ".join(f"{k}=..." for k in kwargs) or "no arguments"
+                    raise NotCacheable(f"the nested model {op.name!r} is called with keyword arguments ({called}), "
+                                       "which the frost line cannot follow.")
                 inputs = args[0] if len(args) == 1 else list(args)
                 return _keras.run_through_graph(inner, inputs, run)
             return call_nested
@@ -153,13 +159,19 @@ def frost_split(model: keras.Model) -> FrostSplit:
         raise NotCacheable(f"{type(model).__name__} {model.name!r} is a subclassed model whose graph cannot be seen.")
     # Fresh inputs, traced through the graph: the tensors fixed during training are those
     # computed from them by frozen, deterministic operations only.
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"frost_in_{i}") for i, t in enumerate(graph.inputs)]
+    # They keep the model's input names and structure (a dict stays a dict), so that the
+    # frozen part takes the model's own inputs.
+    model_inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name),
+        _keras.input_structure(graph))
+    inputs = keras.tree.flatten(model_inputs)
     frozen_ids = {id(t) for t in inputs}
-    model_inputs = inputs[0] if len(inputs) == 1 else inputs
     outputs = _keras.run_through_graph(graph, model_inputs, _tracing_fn(frozen_ids))
     cut = _cut_tensors(keras.Model(model_inputs, outputs), outputs, frozen_ids)
     if all(any(t is i for i in inputs) for t in cut):
         raise NotCacheable(NOTHING_FROZEN)
+    if all(id(t) in frozen_ids for t in keras.tree.flatten(outputs)):
+        raise NotCacheable("everything is frozen and deterministic: the phase has nothing to train.")
     cut_tensors = cut[0] if len(cut) == 1 else cut
     frozen = keras.Model(model_inputs, cut_tensors, name=f"{model.name}_frozen")
     remainder = keras.Model(cut_tensors, outputs, name=f"{model.name}_remainder")
