@@ -163,3 +163,36 @@ def test_user_early_stopping_ends_a_cached_run():
     stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1.0)
     history = run.fit(x, y, batch_size=8, verbose=0, callbacks=[stop])
     assert [p["name"] for p in history.phases] == ["a"] and history.phases[0]["epochs"] < 20
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_integer_inputs_passed_through_the_frost_line_keep_their_dtype(cache):
+    # Token ids read by a trainable Embedding are cut tensors; float16 would round 4099.
+    def build():
+        ids = keras.Input((3,), dtype="int32", name="ids")
+        features = keras.Input((4,), name="features")
+        frozen = keras.layers.Dense(2, name="base")(features)
+        embedded = keras.layers.Flatten()(keras.layers.Embedding(5000, 2, name="embed")(ids))
+        out = keras.layers.Dense(1, name="head")(keras.layers.Concatenate()([frozen, embedded]))
+        return keras.Model({"ids": ids, "features": features}, out)
+
+    rng = np.random.default_rng(0)
+    x = {"ids": np.full((16, 3), 4099, "int32"), "features": rng.normal(size=(16, 4)).astype("float32")}
+    x["ids"][:, 1] = rng.integers(0, 5000, 16)
+    y = rng.normal(size=(16, 1)).astype("float32")
+    changed = []
+    for mode in (cache, False):
+        keras.utils.set_random_seed(0)
+        model = build()
+        before = model.get_layer("embed").get_weights()[0]
+        run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache=mode,
+                                           cache_dtype="float16")],
+                          optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        run.fit(x, y, batch_size=8, verbose=0, shuffle=False)
+        after = model.get_layer("embed").get_weights()[0]
+        changed.append((np.flatnonzero(np.any(after != before, axis=1)), after))
+    # The same embedding rows trained (ids rounded to float16 would train row 4100, not
+    # 4099); the values agree up to the frozen Dense's float16-rounded output.
+    np.testing.assert_array_equal(changed[0][0], changed[1][0])
+    assert 4099 in changed[0][0]
+    np.testing.assert_allclose(changed[0][1], changed[1][1], atol=1e-4)

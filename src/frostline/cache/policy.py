@@ -118,9 +118,17 @@ def _cut_shapes(split: FrostSplit, x: Any) -> list[tuple[int, ...]]:
     return [tuple(int(d) for d in shape) for shape in shapes]
 
 
-def _activation_bytes(shapes: list[tuple[int, ...]], inputs: FitInputs, dtype: np.dtype) -> int:
+def _cut_dtypes(split: FrostSplit, dtype: np.dtype) -> list[np.dtype]:
+    """The stored dtype of each cut tensor: `dtype` for floating ones; integers and
+    booleans (token ids, padding masks passed through) keep their own, exactly."""
+    out = keras.tree.flatten(split.frozen.outputs)
+    return [dtype if keras.backend.is_float_dtype(t.dtype) else np.dtype(keras.backend.standardize_dtype(t.dtype))
+            for t in out]
+
+
+def _activation_bytes(shapes: list[tuple[int, ...]], inputs: FitInputs, dtypes: list[np.dtype]) -> int:
     n = samples(inputs.x) + (samples(inputs.validation[0]) if inputs.validation is not None else 0)
-    return n * sum(int(np.prod(shape)) for shape in shapes) * dtype.itemsize
+    return n * sum(int(np.prod(shape)) * d.itemsize for shape, d in zip(shapes, dtypes))
 
 
 def _unexpected(error: Exception) -> str:
@@ -190,7 +198,7 @@ class CachePolicy:
                 raise NotCacheable(f"{what} asks for cache={mode!r}, which cannot apply: {reason}")
             yield CachedPhase(None, inputs, f"off, plain fit: {reason}")
             return
-        dtype = np.dtype(dtype or keras.backend.floatx())
+        dtype = _cut_dtypes(split, np.dtype(dtype or keras.backend.floatx()))
         estimate = _activation_bytes(shapes, inputs, dtype)
         storage = mode if mode != "auto" else ("memory" if estimate <= self.memory_limit else "disk")
         cut = ", ".join(f"{shape}" for shape in shapes)
@@ -214,7 +222,7 @@ class CachePolicy:
         except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
             return None, _unexpected(e)
 
-    def _in_memory(self, split: FrostSplit, inputs: FitInputs, dtype: np.dtype) -> FitInputs:
+    def _in_memory(self, split: FrostSplit, inputs: FitInputs, dtype: list[np.dtype]) -> FitInputs:
         batch = inputs.batch_size or 32
         features = compute_in_memory(split.frozen, inputs.x, batch_size=batch, dtype=dtype)
         validation = None
@@ -223,7 +231,7 @@ class CachePolicy:
             validation = (held_out, *inputs.validation[1:])
         return FitInputs(features, inputs.y, validation, inputs.batch_size, dict(inputs.fit_kwargs))
 
-    def _on_disk(self, split: FrostSplit, inputs: FitInputs, dtype: np.dtype,
+    def _on_disk(self, split: FrostSplit, inputs: FitInputs, dtype: list[np.dtype],
                  cleanup: contextlib.ExitStack) -> FitInputs:
         base = self.disk_folder()
         if base is not None:

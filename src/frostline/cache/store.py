@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["CachedBatches", "DiskActivations", "compute_in_memory", "compute_on_disk", "is_arrays", "samples"]
+__all__ = ["CachedBatches", "DiskActivations", "compute_in_memory", "compute_on_disk", "is_arrays", "per_tensor", "samples"]
 
 
 def is_arrays(value: Any) -> bool:
@@ -41,6 +41,13 @@ def samples(x: Any) -> int | None:
     return len(first)
 
 
+def per_tensor(dtype: Any, count: int) -> list[np.dtype]:
+    """One NumPy dtype per cut tensor, from one dtype or a sequence of them."""
+    if isinstance(dtype, (list, tuple)):
+        return [np.dtype(d) for d in dtype]
+    return [np.dtype(dtype)] * count
+
+
 def _rows(x: Any, start: int, stop: int) -> Any:
     if isinstance(x, np.ndarray):
         return x[start:stop]
@@ -67,30 +74,30 @@ class DiskActivations:
         folder: Where the files go (one per cut tensor).
         label: File name prefix, e.g. "train".
         shapes: Each cut tensor's shape without the batch axis.
-        dtype: The stored dtype.
+        dtype: The stored dtype, or one per cut tensor.
         count: The number of samples.
     """
 
-    def __init__(self, folder: str, label: str, shapes: list[tuple], dtype: np.dtype, count: int):
+    def __init__(self, folder: str, label: str, shapes: list[tuple], dtype: Any, count: int):
         self.shapes = [tuple(int(d) for d in shape) for shape in shapes]
-        self.dtype = np.dtype(dtype)
+        self.dtypes = per_tensor(dtype, len(self.shapes))
         self.count = count
         self.paths = [os.path.join(folder, f"{label}-{i}.npy") for i in range(len(self.shapes))]
-        self._row_bytes = [int(np.prod(shape)) * self.dtype.itemsize for shape in self.shapes]
+        self._row_bytes = [int(np.prod(shape)) * d.itemsize for shape, d in zip(self.shapes, self.dtypes)]
         self._offsets: list[int] = []
         self._fds: list[int] = []
         try:
-            for path, shape in zip(self.paths, self.shapes):
-                self._offsets.append(self._write_header(path, shape))
+            for path, shape, d in zip(self.paths, self.shapes, self.dtypes):
+                self._offsets.append(self._write_header(path, shape, d))
                 self._fds.append(os.open(path, os.O_RDWR))
         except BaseException:
             self.close()  # the files opened before the one that failed
             raise
 
-    def _write_header(self, path: str, shape: tuple) -> int:
+    def _write_header(self, path: str, shape: tuple, dtype: np.dtype) -> int:
         """Writes a `.npy` header for `count` rows of `shape`; returns where data begins."""
         with open(path, "wb") as f:
-            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                       "shape": (self.count, *shape)}
             np.lib.format.write_array_header_2_0(f, header)
             return f.tell()
@@ -102,8 +109,8 @@ class DiskActivations:
 
     def write(self, start: int, arrays: list[np.ndarray]) -> None:
         """Writes rows `start ... start + len(arrays[0])` of every file."""
-        for fd, offset, row, array in zip(self._fds, self._offsets, self._row_bytes, arrays):
-            data = memoryview(np.ascontiguousarray(array, dtype=self.dtype)).cast("B")
+        for fd, offset, row, array, dtype in zip(self._fds, self._offsets, self._row_bytes, arrays, self.dtypes):
+            data = memoryview(np.ascontiguousarray(array, dtype=dtype)).cast("B")
             position = offset + start * row
             while data:
                 written = os.pwrite(fd, data, position)
@@ -114,7 +121,7 @@ class DiskActivations:
         indices = np.asarray(indices)
         contiguous = len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
         out = []
-        for fd, offset, row, shape in zip(self._fds, self._offsets, self._row_bytes, self.shapes):
+        for fd, offset, row, shape, dtype in zip(self._fds, self._offsets, self._row_bytes, self.shapes, self.dtypes):
             # Each batch in its own anonymous mapping, unmapped when the batch is
             # dropped: the C heap would keep batch-sized blocks of every thread.
             buffer = mmap.mmap(-1, max(1, row * len(indices)))
@@ -124,7 +131,7 @@ class DiskActivations:
             else:
                 for k, i in enumerate(indices):
                     _read_exactly(fd, view[k * row:(k + 1) * row], offset + int(i) * row)
-            out.append(np.frombuffer(buffer, dtype=self.dtype, count=len(indices) * row // self.dtype.itemsize)
+            out.append(np.frombuffer(buffer, dtype=dtype, count=len(indices) * row // dtype.itemsize)
                        .reshape((len(indices), *shape)))
         return out
 
@@ -173,7 +180,7 @@ class CachedBatches(keras.utils.PyDataset):
             self.order = np.random.permutation(self.features.count)
 
 
-def compute_in_memory(frozen: keras.Model, x: Any, *, batch_size: int, dtype: np.dtype) -> Any:
+def compute_in_memory(frozen: keras.Model, x: Any, *, batch_size: int, dtype: Any) -> Any:
     """The frozen front's outputs for `x`, as arrays of `dtype` (a list for several cut
     tensors).
 
@@ -181,14 +188,15 @@ def compute_in_memory(frozen: keras.Model, x: Any, *, batch_size: int, dtype: np
         frozen: The frozen part of a `FrostSplit`.
         x: NumPy inputs.
         batch_size: The batch size of `predict`.
-        dtype: The stored dtype.
+        dtype: The stored dtype, or one per cut tensor.
     """
     out = frozen.predict(x, batch_size=batch_size, verbose=0)
-    outs = [np.asarray(o, dtype=dtype) for o in (out if isinstance(out, list) else [out])]
+    out = out if isinstance(out, list) else [out]
+    outs = [np.asarray(o, dtype=d) for o, d in zip(out, per_tensor(dtype, len(out)))]
     return outs[0] if len(outs) == 1 else outs
 
 
-def compute_on_disk(frozen: keras.Model, x: Any, *, shapes: list[tuple], batch_size: int, dtype: np.dtype,
+def compute_on_disk(frozen: keras.Model, x: Any, *, shapes: list[tuple], batch_size: int, dtype: Any,
                     folder: str, label: str, memory_limit: int) -> DiskActivations:
     """The frozen front's outputs for `x`, written to files a chunk at a time.
 
@@ -197,7 +205,7 @@ def compute_on_disk(frozen: keras.Model, x: Any, *, shapes: list[tuple], batch_s
         x: NumPy inputs.
         shapes: The cut tensors' shapes without the batch axis.
         batch_size: The batch size of `predict`.
-        dtype: The stored dtype.
+        dtype: The stored dtype, or one per cut tensor.
         folder: Where the files go.
         label: File name prefix, e.g. "train".
         memory_limit: A chunk is as many whole batches as fit in a quarter of this

@@ -40,8 +40,9 @@ class Phase:
             `fit` with the reason on the phase line; `"memory"` or `"disk"` (files
             streamed a batch at a time) insist, and are an error where the cache
             cannot apply; `False` never.
-        cache_dtype: Store cached activations in this dtype, e.g. `"float16"`.
-            Defaults to None: as computed.
+        cache_dtype: Store cached floating activations in this dtype, e.g.
+            `"float16"` (integer and boolean ones keep their own). Defaults to None:
+            as computed.
 
     Raises:
         FrostlineValueError: for an empty name, epochs that are not a positive integer,
