@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from frostline.cache.policy import CachedBatches, DiskActivations
+from frostline.cache.store import CachedBatches, DiskActivations
 
 
 def test_disk_store_is_plain_npy_files_and_batches_reshuffle_every_epoch(tmp_path):
