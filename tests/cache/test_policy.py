@@ -196,3 +196,30 @@ def test_integer_inputs_passed_through_the_frost_line_keep_their_dtype(cache):
     np.testing.assert_array_equal(changed[0][0], changed[1][0])
     assert 4099 in changed[0][0]
     np.testing.assert_allclose(changed[0][1], changed[1][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["split", "compute"])
+def test_auto_falls_back_when_the_cut_or_its_activations_fail_unexpectedly(where, capsys, monkeypatch, tmp_path):
+    from frostline.cache import policy
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something Keras did not expect\nsecond line")
+
+    monkeypatch.setattr(policy, "frost_split" if where == "split" else "compute_on_disk", broken)
+    x, y = arrays(16)
+    keras.utils.set_random_seed(0)
+    model = nested()
+    run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"))], loss="mse",
+                      cache_memory_limit=10, cache_dir=tmp_path)
+    run.fit(x, y, batch_size=8, verbose=0, phase_lines=True, shuffle=False)
+    subject = "the frost line could not be cut" if where == "split" else "the activations could not be computed"
+    assert f"cache: off, plain fit: {subject} (RuntimeError: something Keras did not expect).\n" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    keras.utils.set_random_seed(0)
+    plain = nested()
+    fl.FineTune(plain, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache=False)],
+                loss="mse").fit(x, y, batch_size=8, verbose=0, shuffle=False)
+    assert_same_weights(model, plain)
+    explicit = fl.FineTune(nested(), [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache="disk")], loss="mse")
+    with pytest.raises(fl.NotCacheable, match="RuntimeError: something Keras did not expect"):
+        explicit.fit(x, y, batch_size=8, verbose=0)

@@ -131,10 +131,11 @@ def _activation_bytes(shapes: list[tuple[int, ...]], inputs: FitInputs, dtypes: 
     return n * sum(int(np.prod(shape)) * d.itemsize for shape, d in zip(shapes, dtypes))
 
 
-def _unexpected(error: Exception) -> str:
+def _unexpected(error: Exception, what: str = "cut") -> str:
     """The reason for a split that failed in an unforeseen way, in one sentence."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"the frost line could not be cut ({type(error).__name__}{': ' + detail if detail else ''})."
+    subject = "the frost line could not be cut" if what == "cut" else "the activations could not be computed"
+    return f"{subject} ({type(error).__name__}{': ' + detail if detail else ''})."
 
 
 class CachePolicy:
@@ -204,11 +205,21 @@ class CachePolicy:
         cut = ", ".join(f"{shape}" for shape in shapes)
         description = f"{storage}, {estimate:,} bytes of activations at the frost line {cut}"
         with contextlib.ExitStack() as cleanup:
-            if storage == "memory":
-                cached = self._in_memory(split, inputs, dtype)
+            try:
+                if storage == "memory":
+                    cached = self._in_memory(split, inputs, dtype)
+                else:
+                    cached = self._on_disk(split, inputs, dtype, cleanup)
+            except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
+                cleanup.close()  # the disk files made so far
+                reason = _unexpected(e, "computed")
+                if mode != "auto":
+                    raise NotCacheable(f"{what} asks for cache={mode!r}, which failed: {reason}") from e
+                cached, description = None, f"off, plain fit: {reason}"
+            if cached is None:
+                yield CachedPhase(None, inputs, description)
             else:
-                cached = self._on_disk(split, inputs, dtype, cleanup)
-            yield CachedPhase(split.remainder, cached, description, estimate)
+                yield CachedPhase(split.remainder, cached, description, estimate)
 
     def _split(self, model: keras.Model, inputs: FitInputs, epochs: int) -> tuple[FrostSplit | None, str | None]:
         """The split, or None and the reason there is none."""

@@ -139,11 +139,13 @@ def frost_split(model: keras.Model) -> FrostSplit:
         model: A Functional or Sequential model (nested models included).
 
     Returns:
-        A `FrostSplit`.
+        A `FrostSplit`. Its frozen part takes the model's own inputs (same names and
+        structure: a dict stays a dict).
 
     Raises:
-        NotCacheable: for a subclassed model, or when nothing frozen and deterministic
-            comes before the first trainable layer.
+        NotCacheable: for a subclassed model, a nested model called with keyword
+            arguments, when nothing frozen and deterministic comes before the first
+            trainable layer, or when everything is.
 
     Example:
 
