@@ -5,8 +5,7 @@ Keras objects have no place for a library's notes, and attributes set on them ar
 the model, layer or optimizer they are about, so that they go when the object goes:
 
 - a model: the plans applied to it, its learning-rate multipliers, the key of its last
-  sync, whether its `save_assets` hook is installed (and, for a loaded model, what its
-  file stored);
+  sync;
 - a layer: whether frostline runs it in inference mode;
 - an optimizer: the multipliers installed on it, and the rate variable a phase schedule
   stands in for.
@@ -33,13 +32,11 @@ class ModelState:
             than 1; `sync` installs them on the model's optimizer.
         sync_key: The trainable set, multipliers, inference layers and compiled functions
             at the last sync; a sync with the same key has nothing to do.
-        save_hook: Whether the model's `save_assets` hook is installed.
     """
 
     plan: Any = None
     lr_multipliers: dict[int, tuple[Any, float]] = dataclasses.field(default_factory=dict)
     sync_key: tuple | None = None
-    save_hook: bool = False
 
 
 @dataclasses.dataclass

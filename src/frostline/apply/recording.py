@@ -18,7 +18,7 @@ def record_plan(model: keras.layers.Layer, plan: Plan) -> None:
     that writes its state and plans into the `.keras` file."""
     record = _state.model_state(model)
     record.plan = (record.plan or Plan()).then(plan)
-    if record.save_hook or "save_assets" in model.__dict__:
+    if "save_assets" in model.__dict__:  # the hook is installed already
         return
     inherited = getattr(model, "save_assets", None)
     model_ref = weakref.ref(model)
@@ -32,4 +32,3 @@ def record_plan(model: keras.layers.Layer, plan: Plan) -> None:
 
     # The instance dict, not setattr: Keras and torch must not track the hook.
     model.__dict__["save_assets"] = save_assets
-    record.save_hook = True
