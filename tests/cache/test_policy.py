@@ -223,3 +223,31 @@ def test_auto_falls_back_when_the_cut_or_its_activations_fail_unexpectedly(where
     explicit = fl.FineTune(nested(), [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache="disk")], loss="mse")
     with pytest.raises(fl.NotCacheable, match="RuntimeError: something Keras did not expect"):
         explicit.fit(x, y, batch_size=8, verbose=0)
+
+
+def _sequence_model(carrier):
+    def build():
+        inputs = keras.Input((6, 4))
+        h = keras.layers.Dense(4, name="embed")(inputs)
+        h = carrier()(h) if not isinstance(carrier(), keras.layers.MultiHeadAttention) else carrier()(h, h)
+        h = keras.layers.Flatten()(h)
+        return keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    return build
+
+
+@pytest.mark.parametrize("carrier", [
+    lambda: keras.layers.LSTM(4, dropout=0.5, return_sequences=True, name="carrier"),
+    lambda: keras.layers.MultiHeadAttention(2, 2, dropout=0.5, name="carrier"),
+    lambda: keras.layers.TimeDistributed(keras.layers.Dropout(0.5), name="carrier"),
+], ids=["LSTM(dropout)", "MultiHeadAttention(dropout)", "TimeDistributed(Dropout)"])
+def test_a_frozen_layer_that_carries_its_own_dropout_is_not_cached_through(carrier, capsys):
+    x = np.random.default_rng(0).normal(size=(16, 6, 4)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 3)).astype("float32")
+    phases = [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("embed").freeze("carrier"))]
+    capsys.readouterr()
+    (cached, _), (plain, _) = two_runs(_sequence_model(carrier), x, y, phases)
+    assert_same_weights(cached, plain)
+    model = _sequence_model(carrier)()
+    fl.apply(model, phases[0].plan)
+    assert [name for name, _ in fl.frost_split(model).cut] != [], "the cut"
+    assert fl.frost_split(model).cut[0][1] == (None, 6, 4)  # before the carrier, after embed

@@ -55,3 +55,60 @@ def test_positional_training_argument_is_overridden_too():
     fl.apply(model, fl.Plan().inference("[:]"))
     x = keras.ops.ones((2, 4))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.call(x, True)), np.ones((2, 4)))
+
+
+class _Noisy(keras.layers.Layer):
+    """A layer of the user's own that takes `training`: it may use it."""
+
+    def call(self, x, training=None):
+        return x
+
+
+class _Block(keras.layers.Layer):
+    """A user container whose `call` does not take `training`: Keras still passes it
+    down to the Dropout inside through its call context."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(3)
+        self.drop = keras.layers.Dropout(rate)
+
+    def call(self, x):
+        return self.drop(self.dense(x))
+
+
+def test_one_rule_for_layers_that_carry_their_own_randomness():
+    mha = keras.layers.MultiHeadAttention(2, 4, dropout=0.5)
+    mha(keras.ops.ones((1, 3, 4)), keras.ops.ones((1, 3, 4)))  # its sublayers are made when built
+    quiet_mha = keras.layers.MultiHeadAttention(2, 4)
+    quiet_mha(keras.ops.ones((1, 3, 4)), keras.ops.ones((1, 3, 4)))
+    cases = {
+        "LSTM(dropout=0.5)": (keras.layers.LSTM(4, dropout=0.5), "training"),
+        "GRU(recurrent_dropout=0.2)": (keras.layers.GRU(4, recurrent_dropout=0.2), "training"),
+        "LSTM()": (keras.layers.LSTM(4), "-"),
+        "MultiHeadAttention(dropout=0.5)": (mha, "training"),
+        "MultiHeadAttention()": (quiet_mha, "-"),
+        "TimeDistributed(Dropout(0.5))": (keras.layers.TimeDistributed(keras.layers.Dropout(0.5)), "training"),
+        "Bidirectional(LSTM(dropout=0.3))": (keras.layers.Bidirectional(keras.layers.LSTM(2, dropout=0.3)), "training"),
+        "Dropout(0.0)": (keras.layers.Dropout(0.0), "-"),
+        "GaussianNoise(0.0)": (keras.layers.GaussianNoise(0.0), "-"),
+        "GaussianNoise(0.1)": (keras.layers.GaussianNoise(0.1), "training"),
+        "RandomFlip": (keras.layers.RandomFlip(), "training"),
+        "user layer taking training": (_Noisy(), "training"),
+        "user container with Dropout(0.5)": (_Block(0.5), "training"),
+        "user container with Dropout(0.0)": (_Block(0.0), "-"),
+        "Dense": (keras.layers.Dense(2), "-"),
+    }
+    got = {name: layer_mode(layer) for name, (layer, _) in cases.items()}
+    assert got == {name: want for name, (_, want) in cases.items()}
+
+
+def test_a_container_runs_in_training_mode_when_something_inside_does():
+    model = nested()
+    modes = {r.path: r.mode for r in fl.report(model).rows}
+    assert modes["base"] == "training" and modes["base/stem_bn"] == "training"
+    fl.apply(model, fl.Plan().freeze("base"))
+    modes = {r.path: r.mode for r in fl.report(model).rows}
+    assert modes["base"] == "-" and modes["base/stem_bn"] == "inference"
+    fl.apply(model, fl.Plan().unfreeze("base").inference("base"))
+    assert {r.path: r.mode for r in fl.report(model).rows}["base"] == "inference"

@@ -48,20 +48,14 @@ def deterministic_when_frozen(op: Any) -> bool:
         op: A layer, or an operation of a Functional graph (`keras.ops.add`, ...).
 
     Returns:
-        False for a layer with trainable weights, one that would update its statistics
-        (a BatchNormalization in training mode), one that draws random numbers outside
-        inference mode, or one that runs in training mode; True otherwise.
+        False for a layer with trainable weights, or one whose mode is `"training"`
+        (the rule of the report's mode column: a trainable BatchNormalization, a layer that
+        draws random numbers, a layer of the user's own that takes `training`, or a
+        container with one of those inside); True otherwise.
     """
     if not isinstance(op, keras.layers.Layer):
         return True  # keras.ops in a Functional graph: add, concatenate, ...
-    if any(v.trainable for v in op.trainable_weights):
-        return False
-    mode = layer_mode(op)
-    if op.non_trainable_weights and mode == "training":
-        return False  # e.g. a BatchNormalization that would update its statistics
-    if _keras.has_seed_generators(op) and mode != "inference":
-        return False  # Dropout, noise, random augmentation
-    return mode != "training"
+    return not any(v.trainable for v in op.trainable_weights) and layer_mode(op) != "training"
 
 
 def anything_frozen(model: keras.Model) -> bool:
@@ -93,6 +87,8 @@ def _tracing_fn(frozen_ids: set[int]) -> Callable:
             def call_nested(*args, **kwargs):
                 kwargs.pop("training", None)
                 kwargs.pop("mask", None)
+                if not args and "inputs" in kwargs:  # `backbone(inputs=...)`, as keras-hub's Gemma3 task does
+                    args = (kwargs.pop("inputs"),)
                 if not args or kwargs:
                     called = ", ".join(f"{k}=..." for k in kwargs) or "no arguments"
                     raise NotCacheable(f"the nested model {op.name!r} is called with keyword arguments ({called}), "
@@ -144,7 +140,7 @@ def frost_split(model: keras.Model) -> FrostSplit:
 
     Raises:
         NotCacheable: for a subclassed model, a nested model called with keyword
-            arguments, when nothing frozen and deterministic comes before the first
+            arguments other than `inputs`, `training` and `mask`, when nothing frozen and deterministic comes before the first
             trainable layer, or when everything is.
 
     Example:

@@ -16,7 +16,7 @@ import keras
 
 from frostline import _keras, _state
 
-__all__ = ["has_training_argument", "is_forced_inference", "layer_mode", "set_inference"]
+__all__ = ["draws_random_numbers", "has_training_argument", "is_forced_inference", "layer_mode", "set_inference"]
 
 
 def has_training_argument(layer: keras.layers.Layer) -> bool:
@@ -61,36 +61,63 @@ def set_inference(layer: keras.layers.Layer, enabled: bool) -> None:
     layer.__dict__["call"] = call
 
 
-_TRAINING_SENSITIVE = (
-    keras.layers.BatchNormalization,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout,
-)
+# How much randomness a layer draws: a layer whose amounts are all zero computes the same
+# in training (Keras's Dropout: `if training and self.rate > 0`; its RNN cells the same
+# for `dropout` and `recurrent_dropout`).
+_RANDOM_AMOUNTS = ("rate", "dropout", "recurrent_dropout", "stddev")
+# Classes that pass `training` on to their sublayers and use it for nothing else:
+# Keras's own containers (Functional, Sequential, wrappers, MultiHeadAttention, RNN)
+# and keras-hub's (backbones, tasks, transformer blocks).
+_PASS_TRAINING_ON = ("keras.", "keras_hub.")
 
 
-def _behaves_differently_in_training(layer: keras.layers.Layer) -> bool:
-    if isinstance(layer, _TRAINING_SENSITIVE) or type(layer).__name__.startswith("Random"):
-        return True
-    # Keras's own models and other layers take `training` only to pass it on; a layer
-    # of the user's own that takes it may use it.
-    return not type(layer).__module__.startswith("keras.")
+def draws_random_numbers(layer: keras.layers.Layer) -> bool:
+    """Whether the layer itself draws random numbers outside inference mode: random
+    augmentation (`Random*`), or a layer with a seed generator (Dropout, noise, a
+    recurrent cell) whose rate, dropout or stddev is not all zero. Its sublayers are
+    not looked at."""
+    if type(layer).__name__.startswith("Random"):
+        return True  # augmentation: RandomFlip, RandomRotation, ...
+    if not _keras.has_seed_generators(layer):
+        return False
+    amounts = [getattr(layer, name, None) for name in _RANDOM_AMOUNTS]
+    amounts = [a for a in amounts if isinstance(a, (int, float))]
+    return not amounts or any(a > 0 for a in amounts)
 
 
 def layer_mode(layer: keras.layers.Layer) -> str:
     """How the layer runs inside `fit`: `"inference"`, `"training"`, or `"-"` for a
-    layer whose behaviour does not depend on it (Dense, Conv2D, Keras's containers).
+    layer whose output does not depend on it.
 
-    A frozen BatchNormalization runs in inference mode on its own: Keras does that.
+    One rule, used by the report, the audit and the cache: a layer runs in `"training"`
+    mode when its output inside `fit` may depend on `training` or on a random
+    generator: a trainable BatchNormalization (it also updates its statistics), a
+    layer that draws random numbers (Dropout with a rate above 0, noise, random
+    augmentation, a recurrent cell with `dropout` or `recurrent_dropout`), a layer of
+    the user's own whose `call` takes `training`, and a container (Keras's or
+    keras-hub's, such as a Functional model, `TimeDistributed`, `MultiHeadAttention`
+    or a keras-hub backbone) with such a layer inside. `"inference"` is a layer that
+    frostline forces into inference mode, or a frozen BatchNormalization. Anything
+    else — Dense, Conv2D, a container of only such layers, a Dropout of rate 0 — is
+    `"-"`: it computes the same either way.
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        `"inference"`, `"training"` or `"-"`.
     """
-    if not has_training_argument(layer):
-        return "-"
     if is_forced_inference(layer):
         return "inference"
-    if isinstance(layer, keras.layers.BatchNormalization) and not layer.trainable:
-        return "inference"
-    return "training" if _behaves_differently_in_training(layer) else "-"
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return "training" if layer.trainable else "inference"  # Keras does the latter
+    if draws_random_numbers(layer):
+        return "training"
+    if has_training_argument(layer) and not type(layer).__module__.startswith(_PASS_TRAINING_ON):
+        return "training"  # a layer of the user's own that takes `training` may use it
+    # Keras passes `training` down to sublayers through its call context, also through
+    # a container whose own `call` does not take it.
+    # a container whose own `call` does not take it. (A keras-hub task's preprocessor
+    # runs before the model, outside its call.)
+    inside = [c for c in _keras.direct_sublayers(layer) if c is not getattr(layer, "preprocessor", None)]
+    return "training" if any(layer_mode(c) == "training" for c in inside) else "-"
