@@ -19,13 +19,12 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
+from frostline.cache.preprocess import preprocess, preprocessor_of
 from frostline.cache.split import NOTHING_FROZEN, FrostSplit, anything_frozen, frost_split
 from frostline.cache.store import CachedBatches, DiskActivations, compute_in_memory, compute_on_disk, is_arrays, samples
 from frostline.errors import NotCacheable
 
 __all__ = ["CachePolicy", "CachedPhase", "FitInputs", "reason_not_to_cache"]
-
-PREPROCESSES = "the model preprocesses its inputs inside fit (keras-hub preprocessor)."
 
 CacheMode = Literal["auto", "memory", "disk"] | bool
 
@@ -88,11 +87,11 @@ def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, p
     """
     if epochs == 1:
         return "a phase of one epoch computes each activation once anyway."
-    if getattr(model, "preprocessor", None) is not None:
-        return PREPROCESSES
     if processes > 1:
         return "the run spans several processes, and Keras's predict cannot gather activations across hosts."
-    if not is_arrays(inputs.x) or not isinstance(inputs.y, np.ndarray):
+    # A keras-hub causal LM's preprocessor makes the labels from x.
+    labels = isinstance(inputs.y, np.ndarray) or (inputs.y is None and preprocessor_of(model) is not None)
+    if not is_arrays(inputs.x) or not labels:
         return "the data is not arrays: a generator or dataset may give different batches each epoch."
     if inputs.validation is not None and not _validation_is_arrays(inputs.validation):
         return "the validation data is not arrays."
@@ -185,7 +184,8 @@ class CachePolicy:
         if mode is False:
             yield CachedPhase(None, inputs, "off (cache=False)")
             return
-        split, reason = self._split(model, inputs, epochs)
+        given = inputs
+        split, reason, inputs = self._split(model, inputs, epochs)
         shapes: list[tuple[int, ...]] = []
         if split is not None:
             try:
@@ -197,13 +197,15 @@ class CachePolicy:
         if split is None:
             if mode != "auto":
                 raise NotCacheable(f"{what} asks for cache={mode!r}, which cannot apply: {reason}")
-            yield CachedPhase(None, inputs, f"off, plain fit: {reason}")
+            yield CachedPhase(None, given, f"off, plain fit: {reason}")
             return
         dtype = _cut_dtypes(split, np.dtype(dtype or keras.backend.floatx()))
         estimate = _activation_bytes(shapes, inputs, dtype)
         storage = mode if mode != "auto" else ("memory" if estimate <= self.memory_limit else "disk")
         cut = ", ".join(f"{shape}" for shape in shapes)
         description = f"{storage}, {estimate:,} bytes of activations at the frost line {cut}"
+        if inputs is not given:
+            description += f", after the model's preprocessor ({type(preprocessor_of(model)).__name__})"
         with contextlib.ExitStack() as cleanup:
             try:
                 if storage == "memory":
@@ -217,21 +219,39 @@ class CachePolicy:
                     raise NotCacheable(f"{what} asks for cache={mode!r}, which failed: {reason}") from e
                 cached, description = None, f"off, plain fit: {reason}"
             if cached is None:
-                yield CachedPhase(None, inputs, description)
+                yield CachedPhase(None, given, description)
             else:
                 yield CachedPhase(split.remainder, cached, description, estimate)
 
-    def _split(self, model: keras.Model, inputs: FitInputs, epochs: int) -> tuple[FrostSplit | None, str | None]:
-        """The split, or None and the reason there is none."""
+    def _split(self, model: keras.Model, inputs: FitInputs,
+               epochs: int) -> tuple[FrostSplit | None, str | None, FitInputs]:
+        """The split and the inputs of its frozen part (the model's preprocessor run
+        over the data), or None and the reason there is none."""
         reason = reason_not_to_cache(model, inputs, epochs=epochs, processes=self.processes)
         if reason is not None:
-            return None, reason
+            return None, reason, inputs
         try:
-            return frost_split(model), None
+            split = frost_split(model)
         except NotCacheable as e:
-            return None, str(e)
+            return None, str(e), inputs
         except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
-            return None, _unexpected(e)
+            return None, _unexpected(e), inputs
+        if preprocessor_of(model) is None:
+            return split, None, inputs
+        kwargs = dict(inputs.fit_kwargs)
+        try:
+            result = preprocess(model, inputs.x, inputs.y, kwargs.pop("sample_weight", None), inputs.validation,
+                                batch_size=inputs.batch_size, memory_limit=self.memory_limit)
+        except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return None, f"the model's preprocessor failed ({type(e).__name__}{': ' + detail if detail else ''}).", inputs
+        if isinstance(result, str):
+            return None, result, inputs
+        # The task's own fit batches arrays in order and does not shuffle them.
+        kwargs["shuffle"] = False
+        if result.sample_weight is not None:
+            kwargs["sample_weight"] = result.sample_weight
+        return split, None, FitInputs(result.x, result.y, result.validation, inputs.batch_size, kwargs)
 
     def _in_memory(self, split: FrostSplit, inputs: FitInputs, dtype: list[np.dtype]) -> FitInputs:
         batch = inputs.batch_size or 32
