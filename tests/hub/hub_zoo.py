@@ -6,14 +6,16 @@ import numpy as np
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)]
 
 
-def bert_classifier(preprocessor: bool = True):
+def bert_classifier(preprocessor: bool = True, dropout: float = 0.1):
+    """A BERT text classifier; `dropout` as keras-hub's (0.1) unless given."""
     backbone = keras_hub.models.BertBackbone(vocabulary_size=len(VOCAB), num_layers=2, num_heads=2,
-                                             hidden_dim=8, intermediate_dim=16, max_sequence_length=16)
+                                             hidden_dim=8, intermediate_dim=16, max_sequence_length=16,
+                                             dropout=dropout)
     pre = None
     if preprocessor:
         tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB)
         pre = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
-    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=pre)
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=pre, dropout=dropout)
 
 
 def texts(n: int = 16, seed: int = 0):

@@ -27,6 +27,11 @@ def _fit(make, x, y, plan, cache, capsys):
     return model, before, [np.array(v) for v in model.weights], line
 
 
+# Cached and plain runs are compared weight for weight, so the layers after the cut draw
+# no random numbers: on PyTorch an unseeded Dropout draws from torch's global generator,
+# which plain keras-hub fit (a grain pipeline) and a fit on arrays (a torch DataLoader,
+# one draw per epoch) advance differently. The models are built with dropout=0.0; with
+# keras-hub's 0.1 the cut stops before the first dropout (see test_hub_report.py).
 def _head_plan():
     return fl.Plan().freeze("**").unfreeze("re:.*(pooled_dense|logits)")
 
@@ -36,13 +41,13 @@ def _compare(make, x, y, plan, capsys):
     _, _, plain, _ = _fit(make, x, y, plan, False, capsys)
     assert any(not np.array_equal(b, a) for b, a in zip(before, cached)), "the fit changed nothing"
     for c, p in zip(cached, plain):
-        np.testing.assert_allclose(c, p, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(c, p, rtol=1e-5, atol=1e-6)  # as tests/cache: float32 reordering
     return line, max(float(np.max(np.abs(c - p))) if c.size else 0.0 for c, p in zip(cached, plain))
 
 
 def test_bert_classifier_on_token_ids_caches_and_trains_as_plain_fit(capsys):
     x, y = token_ids()
-    line, diff = _compare(lambda: bert_classifier(preprocessor=False), x, y, _head_plan(), capsys)
+    line, diff = _compare(lambda: bert_classifier(preprocessor=False, dropout=0.0), x, y, _head_plan(), capsys)
     assert line.startswith("cache: memory,"), line
     print(f"bert without preprocessor: {line}; max difference {diff:g}")
 
@@ -59,7 +64,7 @@ def test_the_frozen_part_takes_the_models_own_dict_input():
 
 def test_bert_classifier_with_a_preprocessor_caches_after_preprocessing(capsys):
     x, y = texts()
-    line, diff = _compare(lambda: bert_classifier(preprocessor=True), x, y, _head_plan(), capsys)
+    line, diff = _compare(lambda: bert_classifier(preprocessor=True, dropout=0.0), x, y, _head_plan(), capsys)
     assert line.startswith("cache: memory,") and line.endswith(
         "after the model's preprocessor (BertTextClassifierPreprocessor)"), line
     print(f"bert with preprocessor: {line}; max difference {diff:g}")
@@ -89,7 +94,7 @@ def _masked_lm():
 
 def test_a_preprocessor_that_draws_random_numbers_is_not_cached(capsys):
     x, _ = texts()
-    plan = fl.Plan().freeze("re:.*embedding.*")
+    plan = fl.Plan().freeze("re:.*(embedding|pooled_dense).*")  # the masked LM does not use the pooled output
     _, before, after, line = _fit(_masked_lm, x, None, plan, "auto", capsys)
     assert any(not np.array_equal(b, a) for b, a in zip(before, after)), "the fit changed nothing"
     # Its mask generator draws with TensorFlow's random ops: two runs over the same
