@@ -4,17 +4,22 @@ the page shows.
 A page's ```python blocks run in order in one fresh process, as a reader would run them
 in one session from the repository root. Where a ```text block follows a Python block
 directly, it is what that block prints. A block that cannot run here (the user's own data,
-several machines) has `<!-- not-run: reason -->` on the line before its fence.
+several machines) has `<!-- not-run: reason -->` on the line before its fence. A page
+whose examples need a package the main environment does not have (keras-hub) says so on a
+line of its own, `<!-- needs: keras_hub -->`; it is skipped where that package is missing,
+and a test in the environment that has it runs the page with `run_page_examples`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +27,7 @@ from parity.helpers import ROOT
 
 FENCE = re.compile(r"^```(\w*)\s*$")
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.+?)\s*-->\s*$")
+NEEDS = re.compile(r"^<!--\s*needs:\s*(?P<modules>[\w.]+(?:\s*,\s*[\w.]+)*)\s*-->\s*$", re.M)
 MARKER = "@@frostline-docs-block@@"
 # What a page may read from the repository root; everything it writes lands in a
 # temporary folder instead of the checkout.
@@ -62,6 +68,16 @@ def python_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def needed_modules(text: str) -> list[str]:
+    """The modules a page's `<!-- needs: a, b -->` lines name, in order."""
+    return [name.strip() for match in NEEDS.finditer(text) for name in match.group("modules").split(",")]
+
+
+def missing_modules(text: str) -> list[str]:
+    """The modules a page needs that this Python cannot import."""
+    return [name for name in needed_modules(text) if importlib.util.find_spec(name) is None]
+
+
 # Keras's progress lines carry wall-clock times ("2s - 389ms/step"), which differ on
 # every run; they are compared with the times masked.
 _TIMES = re.compile(r"\b\d+(?:\.\d+)?(?:s|ms|us)(?=/step\b| -)")
@@ -99,9 +115,17 @@ def test_not_run_marks_and_expected_output_are_read_from_the_markdown():
     assert third.expected is None  # words between the blocks: the text is not its output
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES)
-def test_docs_page_examples_run_and_print_what_the_page_shows(page, tmp_path):
+def test_a_page_says_on_a_line_of_its_own_which_modules_it_needs():
+    page = "\n".join(["# Title", "<!-- needs: keras_hub -->", "Text <!-- needs: torch --> inline.",
+                      "<!--needs: a_module_that_is_not_there, json -->"])
+    assert needed_modules(page) == ["keras_hub", "a_module_that_is_not_there", "json"]
+    assert "a_module_that_is_not_there" in missing_modules(page) and "json" not in missing_modules(page)
+
+
+def run_page_examples(page: str, tmp_path: Path) -> None:
+    """Runs the Python examples of docs/`page` in order in one fresh process of this Python,
+    in a folder under `tmp_path` that links to the repository's entries, and fails where a
+    block fails or prints other than the page shows."""
     blocks = python_blocks((ROOT / "docs" / page).read_text())
     runnable = [(n, b) for n, b in enumerate(blocks) if b.not_run is None]
     if not runnable:
@@ -131,3 +155,12 @@ def test_docs_page_examples_run_and_print_what_the_page_shows(page, tmp_path):
         got, shown = printed_lines(printed[n]), printed_lines(block.expected)
         diff = "\n".join(difflib.unified_diff(shown, got, "page shows", "block printed", lineterm=""))
         assert got == shown, f"docs/{page}, block at line {block.line}:\n{diff}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_docs_page_examples_run_and_print_what_the_page_shows(page, tmp_path):
+    missing = missing_modules((ROOT / "docs" / page).read_text())
+    if missing:
+        pytest.skip(f"docs/{page} needs {', '.join(missing)}, not installed here (tests/hub/ runs it where it is)")
+    run_page_examples(page, tmp_path)
