@@ -52,6 +52,36 @@ def test_cached_phase_trains_the_same_weights_as_plain_fit(shape):
         np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+def _dropout_head() -> keras.Model:
+    """`nested()` with a Dropout (no seed) between the base and the head: after the cut."""
+    base = nested().get_layer("base")
+    return keras.Sequential([keras.Input((6,)), base, keras.layers.Dropout(0.5, name="drop"),
+                             keras.layers.Dense(3, name="head")], name="outer")
+
+
+@pytest.mark.parametrize("cache, shuffle", [("memory", False), ("memory", True), ("disk", False)])
+def test_a_cached_phase_draws_the_dropout_masks_and_order_of_plain_fit(cache, shuffle):
+    """Computing the cache draws from the global generators (on torch, predict's DataLoader
+    takes a seed from torch's, where an unseeded Dropout and a shuffled fit draw too);
+    the phase's fit starts from the state plain fit starts from."""
+    x, y = data(nested())
+    results = []
+    for mode in (cache, False):
+        keras.utils.set_random_seed(0)
+        model = _dropout_head()
+        run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("base"), cache=mode)],
+                          optimizer=keras.optimizers.Adam(1e-2), loss="mse",
+                          cache_memory_limit=64 if mode == "disk" else 2**30)
+        start = values(model)
+        run.fit(x, y, batch_size=4, verbose=0, shuffle=shuffle)
+        after = values(model)
+        assert changed(start, after) == {"head/kernel", "head/bias"}, mode
+        results.append(after)
+    cached, plain = results
+    for key in cached:
+        np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
 def test_streaming_disk_cache_trains_the_same_weights_as_plain_fit():
     keras.utils.set_random_seed(0)
     x, y = data(nested())
