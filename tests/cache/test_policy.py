@@ -251,3 +251,26 @@ def test_a_frozen_layer_that_carries_its_own_dropout_is_not_cached_through(carri
     fl.apply(model, phases[0].plan)
     assert [name for name, _ in fl.frost_split(model).cut] != [], "the cut"
     assert fl.frost_split(model).cut[0][1] == (None, 6, 4)  # before the carrier, after embed
+
+
+def test_a_layer_inside_a_container_in_inference_mode_runs_as_the_container_makes_it(capsys):
+    # The container passes training=False down to its Dropout even where the Dropout's
+    # own rule was turned off; a cached phase must train what that gives.
+    def build():
+        inputs = keras.Input((6,))
+        h = keras.layers.Dense(8, name="d1")(inputs)
+        h = keras.layers.Dropout(0.5, name="drop")(h)
+        base = keras.Model(inputs, keras.layers.Dense(8, name="d2")(h), name="base")
+        return keras.Sequential([keras.Input((6,)), base, keras.layers.Dense(3, name="head")])
+
+    plan = fl.Plan().freeze("base/d1").inference("base").inference("base/drop", enabled=False)
+    x, y = arrays(32)
+    (cached, _), (plain, _) = two_runs(build, x, y, [fl.Phase("p", epochs=3, plan=plan)])
+    assert_same_weights(cached, plain)
+    model = build()
+    fl.apply(model, plan)
+    assert {r.path: r.mode for r in fl.report(model).rows}["base/drop"] == "inference"
+    # Keras's Functional call would give the Dropout the remainder's training=True: the
+    # container stays whole, and with its trainable d2 nothing before it is cached.
+    with pytest.raises(fl.NotCacheable, match="nothing frozen and deterministic"):
+        fl.frost_split(model)

@@ -14,7 +14,7 @@ from hub_zoo import VOCAB, bert_classifier, gemma3_lm, gpt2_lm, image_classifier
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _fit(make, x, y, plan, cache, capsys):
+def _fit(make, x, y, plan, cache, capsys, **fit_kwargs):
     keras.backend.clear_session()  # the same layer names in both runs
     keras.utils.set_random_seed(1)
     model = make()
@@ -22,7 +22,7 @@ def _fit(make, x, y, plan, cache, capsys):
     run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=plan, cache=cache)],
                       optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
     capsys.readouterr()
-    run.fit(x, y, batch_size=4, shuffle=False, verbose=0, phase_lines=True)
+    run.fit(x, y, batch_size=4, verbose=0, phase_lines=True, **{"shuffle": False, **fit_kwargs})
     line = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("cache:")][0].strip()
     return model, before, [np.array(v) for v in model.weights], line
 
@@ -36,9 +36,9 @@ def _head_plan():
     return fl.Plan().freeze("**").unfreeze("re:.*(pooled_dense|logits)")
 
 
-def _compare(make, x, y, plan, capsys):
-    _, before, cached, line = _fit(make, x, y, plan, "auto", capsys)
-    _, _, plain, _ = _fit(make, x, y, plan, False, capsys)
+def _compare(make, x, y, plan, capsys, **fit_kwargs):
+    _, before, cached, line = _fit(make, x, y, plan, "auto", capsys, **fit_kwargs)
+    _, _, plain, _ = _fit(make, x, y, plan, False, capsys, **fit_kwargs)
     assert any(not np.array_equal(b, a) for b, a in zip(before, cached)), "the fit changed nothing"
     for c, p in zip(cached, plain):
         np.testing.assert_allclose(c, p, rtol=1e-5, atol=1e-6)  # as tests/cache: float32 reordering
@@ -50,6 +50,16 @@ def test_bert_classifier_on_token_ids_caches_and_trains_as_plain_fit(capsys):
     line, diff = _compare(lambda: bert_classifier(preprocessor=False, dropout=0.0), x, y, _head_plan(), capsys)
     assert line.startswith("cache: memory,"), line
     print(f"bert without preprocessor: {line}; max difference {diff:g}")
+
+
+@pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning")  # Keras's, in the plain run
+def test_a_task_fed_arrays_is_not_shuffled_by_its_cache_as_its_own_fit_does_not_shuffle(capsys):
+    # keras-hub's fit batches arrays into a dataset, which Keras does not shuffle, so
+    # shuffle=True (fit's default) leaves their order; the cached phase does the same.
+    x, y = token_ids()
+    line, _ = _compare(lambda: bert_classifier(preprocessor=False, dropout=0.0), x, y, _head_plan(), capsys,
+                       shuffle=True)
+    assert line.startswith("cache: memory,"), line
 
 
 def test_the_frozen_part_takes_the_models_own_dict_input():

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from frostline.cache.preprocess import preprocess, preprocessor_of
+from frostline.cache.preprocess import batches_arrays_in_order, preprocess, preprocessor_of
 from frostline.cache.split import NOTHING_FROZEN, FrostSplit, anything_frozen, frost_split
 from frostline.cache.store import CachedBatches, DiskActivations, compute_in_memory, compute_on_disk, is_arrays, samples
 from frostline.errors import NotCacheable
@@ -204,7 +204,7 @@ class CachePolicy:
         storage = mode if mode != "auto" else ("memory" if estimate <= self.memory_limit else "disk")
         cut = ", ".join(f"{shape}" for shape in shapes)
         description = f"{storage}, {estimate:,} bytes of activations at the frost line {cut}"
-        if inputs is not given:
+        if preprocessor_of(model) is not None:
             description += f", after the model's preprocessor ({type(preprocessor_of(model)).__name__})"
         with contextlib.ExitStack() as cleanup:
             try:
@@ -236,9 +236,12 @@ class CachePolicy:
             return None, str(e), inputs
         except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
             return None, _unexpected(e), inputs
-        if preprocessor_of(model) is None:
-            return split, None, inputs
         kwargs = dict(inputs.fit_kwargs)
+        if preprocessor_of(model) is None:
+            if batches_arrays_in_order(model):
+                kwargs["shuffle"] = False
+                inputs = dataclasses.replace(inputs, fit_kwargs=kwargs)
+            return split, None, inputs
         try:
             result = preprocess(model, inputs.x, inputs.y, kwargs.pop("sample_weight", None), inputs.validation,
                                 batch_size=inputs.batch_size, memory_limit=self.memory_limit)

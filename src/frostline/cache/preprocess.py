@@ -23,7 +23,7 @@ from frostline import _keras
 from frostline.cache.store import is_arrays, samples
 from frostline.model.modes import draws_random_numbers
 
-__all__ = ["Preprocessed", "preprocess"]
+__all__ = ["Preprocessed", "batches_arrays_in_order", "preprocess", "preprocessor_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,13 @@ class Preprocessed:
 def preprocessor_of(model: keras.Model) -> Any:
     """The preprocessor a model applies inside `fit` (a keras-hub task's), or None."""
     return getattr(model, "preprocessor", None)
+
+
+def batches_arrays_in_order(model: keras.Model) -> bool:
+    """Whether the model's own `fit` feeds arrays in order whatever `shuffle` says: a
+    keras-hub task (a `PipelineModel`, with or without a preprocessor) batches them into
+    a dataset, which Keras does not shuffle."""
+    return callable(getattr(model, "preprocess_samples", None))
 
 
 def _numpy(value: Any) -> Any:

@@ -41,11 +41,12 @@ class FrostSplit:
     cut: tuple[tuple[str, tuple], ...]
 
 
-def deterministic_when_frozen(op: Any) -> bool:
+def deterministic_when_frozen(op: Any, *, inside: tuple = ()) -> bool:
     """Whether an operation's output depends only on its inputs during `fit`.
 
     Args:
         op: A layer, or an operation of a Functional graph (`keras.ops.add`, ...).
+        inside: The containers the layer is called through. Defaults to none.
 
     Returns:
         False for a layer with trainable weights, or one whose mode is `"training"`
@@ -55,7 +56,7 @@ def deterministic_when_frozen(op: Any) -> bool:
     """
     if not isinstance(op, keras.layers.Layer):
         return True  # keras.ops in a Functional graph: add, concatenate, ...
-    return not any(v.trainable for v in op.trainable_weights) and layer_mode(op) != "training"
+    return not any(v.trainable for v in op.trainable_weights) and layer_mode(op, inside=inside) != "training"
 
 
 def anything_frozen(model: keras.Model) -> bool:
@@ -76,13 +77,31 @@ def anything_frozen(model: keras.Model) -> bool:
     return len({id(v) for v in model.trainable_weights}) < len(capable)
 
 
-def _tracing_fn(frozen_ids: set[int]) -> Callable:
+def _relies_on_its_inference_mode(container: keras.layers.Layer, inside: tuple) -> bool:
+    """Whether a layer inside `container` runs in inference mode only because the
+    container (or one around it) is forced into it."""
+    if not any(is_forced_inference(c) for c in (container, *inside)):
+        return False
+    return any(not is_forced_inference(layer) and layer_mode(layer) == "training"
+               for layer in _keras.all_layers(container)[1:])
+
+
+def _tracing_fn(frozen_ids: set[int], inside: tuple = ()) -> Callable:
     """The `operation_fn` that runs each operation on symbolic tensors and adds the ids
     of its outputs to `frozen_ids` when its inputs are all frozen and it is
-    deterministic; nested Functional models are walked into."""
+    deterministic; nested Functional models are walked into. `inside` holds the
+    containers walked into.
+
+    A container that frostline forces into inference mode passes `training=False` to
+    every layer inside; the remainder calls those layers outside it, and Keras's
+    Functional call gives them its own `training`. So such a container is walked into
+    only when every layer inside it that would depend on `training` is forced too;
+    otherwise it stays one operation, called whole."""
 
     def run(op):
         inner = _keras.functional_graph(op) if isinstance(op, keras.Model) else None
+        if inner is not None and _relies_on_its_inference_mode(op, inside):
+            inner = None
         if inner is not None:
             def call_nested(*args, **kwargs):
                 kwargs.pop("training", None)
@@ -94,7 +113,7 @@ def _tracing_fn(frozen_ids: set[int]) -> Callable:
                     raise NotCacheable(f"the nested model {op.name!r} is called with keyword arguments ({called}), "
                                        "which the frost line cannot follow.")
                 inputs = args[0] if len(args) == 1 else list(args)
-                return _keras.run_through_graph(inner, inputs, run)
+                return _keras.run_through_graph(inner, inputs, _tracing_fn(frozen_ids, (op, *inside)))
             return call_nested
 
         def call(*args, **kwargs):
@@ -102,7 +121,7 @@ def _tracing_fn(frozen_ids: set[int]) -> Callable:
             kwargs.pop("mask", None)
             flat = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
             outputs = op(*args, **kwargs)
-            if all(id(t) in frozen_ids for t in flat) and deterministic_when_frozen(op):
+            if all(id(t) in frozen_ids for t in flat) and deterministic_when_frozen(op, inside=inside):
                 frozen_ids.update(id(t) for t in keras.tree.flatten(outputs))
             return outputs
         return call

@@ -57,7 +57,7 @@ def audited_variables(model: keras.layers.Layer) -> list[tuple[str, keras.Variab
         for v in node.weights:
             if id(v) not in trainable:
                 watched.append((node.variable_path(v), v))
-        if layer_mode(node.layer) == "inference":
+        if layer_mode(node.layer, inside=node.containers) == "inference":
             watched.extend((node.variable_path(v), v) for v in node.states)
     return watched
 

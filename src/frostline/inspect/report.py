@@ -127,7 +127,7 @@ class Report:
             params=params,
             trainable_params=sum(variable_size(v) for v in capable if id(v) in trainable_ids),
             state=_state(capable, trainable_ids, params > 0),
-            mode=layer_mode(node.layer),
+            mode=layer_mode(node.layer, inside=node.containers),
             lr=_lr_label({tree.lr_multiplier(v) for v in capable}),
             also_at=tuple(node.paths[1:]),
             lora=_lora_label(node.layer),

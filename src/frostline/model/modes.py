@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterable
 
 import keras
 
@@ -85,7 +86,7 @@ def draws_random_numbers(layer: keras.layers.Layer) -> bool:
     return not amounts or any(a > 0 for a in amounts)
 
 
-def layer_mode(layer: keras.layers.Layer) -> str:
+def layer_mode(layer: keras.layers.Layer, *, inside: Iterable[keras.layers.Layer] = ()) -> str:
     """How the layer runs inside `fit`: `"inference"`, `"training"`, or `"-"` for a
     layer whose output does not depend on it.
 
@@ -101,14 +102,21 @@ def layer_mode(layer: keras.layers.Layer) -> str:
     else — Dense, Conv2D, a container of only such layers, a Dropout of rate 0 — is
     `"-"`: it computes the same either way.
 
+    A layer called through a container that frostline forces into inference mode runs
+    in inference mode too (the container passes `training=False` down), whatever its
+    own flags say.
+
     Args:
         layer: A Keras layer.
+        inside: The containers the layer is called through, if known. Defaults to none.
 
     Returns:
         `"inference"`, `"training"` or `"-"`.
     """
     if is_forced_inference(layer):
         return "inference"
+    if any(is_forced_inference(c) for c in inside):
+        return "inference" if layer_mode(layer) == "training" else layer_mode(layer)
     if isinstance(layer, keras.layers.BatchNormalization):
         return "training" if layer.trainable else "inference"  # Keras does the latter
     if draws_random_numbers(layer):

@@ -90,6 +90,15 @@ class LayerNode:
         """The layer's canonical path and the variable's name: `"base/conv1/kernel"`."""
         return f"{self.path}/{variable.name}" if self.path else variable.name
 
+    @property
+    def containers(self) -> list[keras.layers.Layer]:
+        """The containers of the canonical path, innermost first (the model last)."""
+        out, node = [], self.parent
+        while node is not None:
+            out.append(node.layer)
+            node = node.parent
+        return out
+
     def descendants(self, *, include_self: bool = True) -> Iterator[LayerNode]:
         """Every layer inside this one (shared layers once), depth first."""
         seen: set[int] = set()
