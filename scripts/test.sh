@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the tests: the whole suite on JAX, the keras-hub tests
-# (tests/hub/) on JAX in a virtual environment with keras-hub, then the backend-parity
-# suite (tests/parity/) on TensorFlow and on PyTorch, each in its own process and
-# virtual environment. Arguments go to the main JAX run of pytest.
+# Sets everything up and runs the tests: the whole suite on JAX; the keras-hub tests
+# (tests/hub/) in a virtual environment with keras-hub: all of them on JAX, the keras-hub
+# core (marker hub_core: all but the docs page's examples) on TensorFlow and on PyTorch;
+# then the backend-parity suite (tests/parity/) on TensorFlow and on PyTorch, each in its
+# own process and virtual environment. Arguments go to the main JAX run of pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 reports=$(mktemp -d)
@@ -27,8 +28,12 @@ bash scripts/setup.sh test || exit 1
 run jax jax .venv "$@"
 # keras-hub brings TensorFlow along (tensorflow-text), which the main JAX environment
 # must not have: its backend and image-folder tests are about a machine without it.
-bash scripts/setup.sh --venv .venv-hub hub test || exit 1
-FROSTLINE_REQUIRE_HUB=1 run keras-hub jax .venv-hub tests/hub
+# With torch added, the one environment runs keras-hub on all three backends.
+bash scripts/setup.sh --venv .venv-hub hub torch test || exit 1
+FROSTLINE_REQUIRE_HUB=1 run keras-hub-jax jax .venv-hub tests/hub
+for backend in tensorflow torch; do
+    FROSTLINE_REQUIRE_HUB=1 run "keras-hub-$backend" "$backend" .venv-hub tests/hub -m hub_core
+done
 for backend in tensorflow torch; do
     bash scripts/setup.sh --venv ".venv-$backend" "$backend" test || exit 1
     run "$backend" "$backend" ".venv-$backend" tests/parity
