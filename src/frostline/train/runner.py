@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from frostline import _keras
 from frostline.apply.apply import apply
@@ -25,39 +23,10 @@ from frostline.train.checks import check_run, checked_phases
 from frostline.train.distribute import DistributedRun
 from frostline.train.log import RunLog
 from frostline.train.phase import Phase, PhaseInfo, phase_line
+from frostline.train.randomness import keep_global_random_state
 from frostline.train.resume import ResumePoint, optimizer_description, restore, run_config
 
 __all__ = ["FineTune"]
-
-
-def _keep_global_random_state() -> Callable[[], None]:
-    """A function that puts the process's global random generators (Python's, NumPy's
-    and, on the torch backend, torch's) back as they are now.
-
-    Computing a phase's cache runs `predict` before the phase's `fit`. On torch every pass
-    of a DataLoader takes a seed from torch's global generator, and Keras draws from that
-    same generator the masks of a Dropout made without a seed and the order of a shuffled
-    fit on arrays. Put back before the `fit`, a cached phase draws the masks and the
-    order that plain `fit` draws.
-    """
-    states: list[Any] = [random.getstate(), np.random.get_state()]
-    if keras.backend.backend() == "torch":
-        import torch
-
-        states.append(torch.random.get_rng_state())
-        states.append(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-    def restore() -> None:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        if len(states) > 2:
-            import torch
-
-            torch.random.set_rng_state(states[2])
-            if states[3] is not None:
-                torch.cuda.set_rng_state_all(states[3])
-
-    return restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +309,7 @@ class FineTune:
         iterations = offset if offset is not None else _keras.iterations(self.optimizer)
         stopper = PhaseStop(**phase.early_stopping) if phase.early_stopping else None
         callbacks = self._phase_callbacks(index, phase, call.user, start_epoch, iterations, stopper)
-        restore_random_state = _keep_global_random_state()
+        restore_random_state = keep_global_random_state()
         with self._cache.for_phase(self.model, call.inputs, mode=phase.cache, epochs=phase.epochs,
                                    dtype=phase.cache_dtype, what=f"Phase {phase.name!r}") as cached:
             fit_model = self._fit_model(cached)
