@@ -165,7 +165,14 @@ def test_qlora_trains_adapters_on_an_int8_model_and_refuses_to_unfreeze_quantize
     model.fit(x, y, epochs=2, verbose=0)
     np.testing.assert_array_equal(numpy(_dense(model, "d1")._kernel), kernel)
     assert np.any(numpy(_dense(model, "d1").lora_kernel_b) != adapter)
-    flags = [(v.path, v.trainable) for v in model.weights]
-    with pytest.raises(fl.PlanError, match="quantized"):
-        fl.apply(model, fl.Plan().unfreeze("base"))
-    assert [(v.path, v.trainable) for v in model.weights] == flags
+    # Unfreezing the adapted layers keeps their int8 kernels frozen, as for any LoRA layer.
+    fl.apply(model, fl.Plan().unfreeze("base"))
+    assert not _dense(model, "d1")._kernel.trainable and _dense(model, "d1").lora_kernel_b.trainable
+    # A quantized kernel without adapters cannot train: a PlanError that changes nothing.
+    plain = _model()
+    plain.quantize("int8")
+    fl.apply(plain, fl.Plan().freeze("**").lora("base/d1", rank=2))
+    flags = [(v.path, v.trainable) for v in plain.weights]
+    with pytest.raises(fl.PlanError, match=r"quantized weights 'base/d2/kernel'"):
+        fl.apply(plain, fl.Plan().unfreeze("base"))
+    assert [(v.path, v.trainable) for v in plain.weights] == flags

@@ -173,8 +173,10 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     locked = {id(base_variable(n.layer)): None for n in tree if lora_rank(n.layer)}
     adapters: dict[int, tuple[LayerNode, int, float | None]] = {}
     matches = []
+    unfrozen_quantized = []
     for index, rule in enumerate(plan.rules):
         layers, variables, direct = _select(index, rule, tree, strict)
+        unfrozen_quantized.append((f"Rule {index + 1} ({rule.describe()})", _quantized_unfrozen(rule, layers, variables)))
         for key, value in rule.settings().items():
             if key == "lora":
                 for node in _lora_targets(index, rule, layers, direct):
@@ -188,6 +190,7 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
             for _, v in variables:
                 by_variable.setdefault(id(v), {})[key] = (value, index)
         matches.append(_rule_match(index, rule, tree, layers, variables))
+    _check_quantized(unfrozen_quantized, locked)
     layer_decisions = {
         id(node): LayerDecision(node, dict(settings[id(node)]), dict(decided_by[id(node)])) for node in tree
     }
@@ -287,18 +290,32 @@ def _check_variable_rule(where: str, rule: Rule, selector: Selector) -> None:
         )
 
 
+def _quantized_unfrozen(rule: Rule, layers: list[LayerNode], variables: list[tuple]) -> list[tuple[str, int]]:
+    """`(path, id)` of the quantized variables a rule would unfreeze."""
+    if rule.settings().get("trainable") is not True:
+        return []
+    found = [(n, v) for n in layers for v in n.variables if is_quantized(v)]
+    found += [(n, v) for n, v in variables if is_quantized(v)]
+    return [(n.variable_path(v), id(v)) for n, v in found]
+
+
+def _check_quantized(unfrozen: list[tuple[str, list[tuple[str, int]]]], locked: dict) -> None:
+    """A rule that would unfreeze a quantized kernel is an error, unless LoRA keeps that
+    kernel frozen (an adapted layer, before or by any rule of the plan)."""
+    for where, found in unfrozen:
+        quantized = [path for path, key in found if key not in locked]
+        if quantized:
+            raise PlanError(
+                f"{where}: would unfreeze quantized weights {', '.join(repr(p) for p in quantized[:3])}"
+                + (f" and {len(quantized) - 3} more" if len(quantized) > 3 else "")
+                + ", which cannot train. Expected layers that are not quantized, or LoRA adapters on the "
+                "quantized ones (Plan.lora, then unfreeze 'var:**/lora_*' if they were frozen)."
+            )
+
+
 def _check_never_trained(where: str, rule: Rule, layers: list[LayerNode], variables: list[tuple]) -> None:
     if rule.settings().get("trainable") is not True:
         return
-    quantized = [n.variable_path(v) for n in layers for v in n.variables if is_quantized(v)]
-    quantized += [n.variable_path(v) for n, v in variables if is_quantized(v)]
-    if quantized:
-        raise PlanError(
-            f"{where}: would unfreeze quantized weights {', '.join(repr(p) for p in quantized[:3])}"
-            + (f" and {len(quantized) - 3} more" if len(quantized) > 3 else "")
-            + ", which cannot train. Expected layers that are not quantized, or LoRA adapters on the "
-            "quantized ones (Plan.lora, then unfreeze 'var:**/lora_*' if they were frozen)."
-        )
     states = [node.variable_path(v) for node, v in variables if any(v is s for s in node.states)]
     if states:
         raise PlanError(
