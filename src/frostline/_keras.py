@@ -309,8 +309,9 @@ def overrides_hook(callback: keras.callbacks.Callback, hook: str) -> bool:
 
 def lora_base_variable(layer: keras.layers.Layer) -> keras.Variable | None:
     """The variable `enable_lora` freezes: `Dense`/`EinsumDense`/conv layers' `_kernel`
-    (their public `kernel` is computed when quantized), `Embedding.embeddings`."""
-    for name in ("_kernel", "embeddings"):
+    (their public `kernel` is computed when quantized), `Embedding._embeddings` (its
+    public `embeddings` is computed: merged with the adapters, unpacked for int4)."""
+    for name in ("_kernel", "_embeddings", "embeddings"):
         value = layer.__dict__.get(name)
         if isinstance(value, keras.Variable):
             return value
@@ -322,10 +323,10 @@ def merge_lora(layer: keras.layers.Layer) -> None:
     (the kernel or embeddings and, for a quantized layer, its new scale), then takes the
     adapters out (`remove_lora`). Relies on `_get_kernel_with_merged_lora` /
     `_get_embeddings_with_merged_lora` and on the variables `_kernel`, `kernel_scale`,
-    `kernel_zero`, `embeddings`, `embeddings_scale`."""
+    `kernel_zero`, `_embeddings`, `embeddings_scale`, `embeddings_zero`."""
     if hasattr(layer, "_get_embeddings_with_merged_lora"):
         merged = layer._get_embeddings_with_merged_lora()
-        names = ("embeddings", "embeddings_scale")
+        names = ("_embeddings", "embeddings_scale", "embeddings_zero")
     else:
         merged = layer._get_kernel_with_merged_lora()
         names = ("_kernel", "kernel_scale", "kernel_zero")

@@ -176,3 +176,32 @@ def test_qlora_trains_adapters_on_an_int8_model_and_refuses_to_unfreeze_quantize
     with pytest.raises(fl.PlanError, match=r"quantized weights 'base/d2/kernel'"):
         fl.apply(plain, fl.Plan().unfreeze("base"))
     assert [(v.path, v.trainable) for v in plain.weights] == flags
+
+
+def _embedding_model():
+    model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(10, 4, name="emb"),
+                              keras.layers.Flatten(), keras.layers.Dense(1, name="head")], name="e")
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def test_lora_on_an_embedding_trains_adapters_keeps_the_table_frozen_merges_and_reloads(tmp_path):
+    model = _embedding_model()
+    ids = np.random.default_rng(0).integers(0, 10, (16, 4)).astype("int32")
+    target = np.random.default_rng(1).random((16, 1)).astype("float32")
+    fl.apply(model, fl.Plan().freeze("**").lora("emb", rank=2).unfreeze("emb", "head"))
+    emb = model.get_layer("emb")
+    assert sorted(v.name for v in model.trainable_weights) == ["bias", "kernel", "lora_embeddings_a", "lora_embeddings_b"]
+    table = numpy(emb.embeddings)
+    model.fit(ids, target, epochs=2, verbose=0)
+    assert fl.report(model).rows[1].lora.startswith("r2")
+    fl.save_adapters(model, tmp_path / "emb.npz")
+    fresh = _embedding_model()
+    fresh.set_weights([w for v, w in zip(model.weights, model.get_weights()) if "lora" not in v.name])
+    assert fl.load_adapters(fresh, tmp_path / "emb.npz") == ["emb"]
+    np.testing.assert_allclose(fresh.predict(ids, verbose=0), model.predict(ids, verbose=0), rtol=1e-6)
+    assert not np.allclose(numpy(emb.embeddings), table)  # the adapters moved what the layer computes
+    before = model.predict(ids, verbose=0)
+    assert fl.merge_adapters(model) == ["emb"]
+    np.testing.assert_allclose(model.predict(ids, verbose=0), before, rtol=1e-5, atol=1e-6)
+    assert not any("lora" in v.name for v in model.weights)

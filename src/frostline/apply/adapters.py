@@ -179,7 +179,7 @@ def _adapter_shapes(layer: keras.layers.Layer, rank: int) -> dict[str, tuple]:
     if lora_rank(layer) is not None:
         return {v.name: tuple(v.shape) for v in adapter_variables(layer)}
     base = tuple(base_variable(layer).shape)
-    prefix = "lora_embeddings" if hasattr(layer, "embeddings") and base_variable(layer) is layer.embeddings else "lora_kernel"
+    prefix = "lora_embeddings" if isinstance(layer, keras.layers.Embedding) else "lora_kernel"
     return {f"{prefix}_a": base[:-1] + (rank,), f"{prefix}_b": (rank, base[-1])}
 
 
