@@ -124,3 +124,19 @@ def test_a_backbone_called_by_keyword_caches(capsys):
     line, diff = _compare(gemma3_lm, x, y, plan, capsys)
     assert line.startswith("cache: memory,"), line
     print(f"gemma3: {line}; max difference {diff:g}")
+
+
+def test_a_cached_phase_logs_the_metrics_the_task_compiled_itself_with():
+    x, y = texts()
+    histories = []
+    for cache in ("auto", False):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(1)
+        run = fl.FineTune(bert_classifier(preprocessor=True, dropout=0.0),
+                          [fl.Phase("head", epochs=2, plan=fl.Plan().freeze("bert_backbone"), cache=cache)], loss=LOSS)
+        histories.append(run.fit(x, y, batch_size=4, shuffle=False, verbose=0, validation_data=(x[:4], y[:4])).history)
+    cached, plain = histories
+    assert sorted(cached) == sorted(plain) == ["loss", "sparse_categorical_accuracy", "val_loss",
+                                               "val_sparse_categorical_accuracy"]
+    for key in plain:
+        np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5)

@@ -23,6 +23,7 @@ from frostline.train.checks import check_run, checked_phases
 from frostline.train.distribute import DistributedRun
 from frostline.train.log import RunLog
 from frostline.train.phase import Phase, PhaseInfo, phase_line
+from frostline.train.compiling import compile_arguments, with_carried_metrics
 from frostline.train.randomness import keep_global_random_state
 from frostline.train.resume import ResumePoint, optimizer_description, restore, run_config
 
@@ -368,7 +369,7 @@ class FineTune:
         if cached.model is None:
             return self.model
         remainder = cached.model
-        remainder.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs)
+        remainder.compile(optimizer=self.optimizer, **compile_arguments(self.model, dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs)))
         # The optimizer in the remainder's variable order, state and multipliers kept.
         set_model_lr_multipliers(remainder, model_lr_multipliers(self.model))
         sync(remainder)
@@ -378,7 +379,9 @@ class FineTune:
     def _compile(self) -> None:
         if getattr(self.model, "optimizer", None) is self.optimizer and self.model.compiled:
             return
-        self.model.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs)
+        self.model.compile(optimizer=self.optimizer,
+                           **with_carried_metrics(self.model, dict(loss=self.loss, metrics=self.metrics,
+                                                                   **self.compile_kwargs)))
 
     def _state_variables(self, model: keras.Model) -> list:
         return list(model.variables) + list(model.metrics_variables) + list(self.optimizer.variables)

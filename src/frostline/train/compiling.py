@@ -1,0 +1,42 @@
+"""The compile arguments a phase's model gets, the whole model's or its cached remainder's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+__all__ = ["compile_arguments", "with_carried_metrics"]
+
+
+def _compile_config(model: keras.Model, keys: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The model's compile arguments but the optimizer, as objects; None when Keras
+    cannot serialize them (a loss or metric of the user's own) or it is not compiled."""
+    try:
+        config = {k: v for k, v in (model.get_compile_config() or {}).items()
+                  if k != "optimizer" and (keys is None or k in keys)}
+        return keras.saving.deserialize_keras_object(config) if config else None
+    except Exception:  # noqa: BLE001 - not serializable: the caller's own arguments
+        return None
+
+
+def with_carried_metrics(model: keras.Model, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` for `model.compile`, with the metrics the model was compiled with when
+    `arguments` gives none: Keras keeps a model's metrics when it is compiled again with
+    metrics=None (a keras-hub task compiles itself with its own), and says so here, so
+    that a cached remainder gets them too."""
+    if arguments.get("metrics") is not None or not model.compiled:
+        return arguments
+    carried = _compile_config(model, ("metrics", "weighted_metrics")) or {}
+    out = dict(arguments, metrics=carried.get("metrics"))
+    if carried.get("weighted_metrics") is not None:
+        out.setdefault("weighted_metrics", carried["weighted_metrics"])
+    return out
+
+
+def compile_arguments(model: keras.Model, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The whole model's compile arguments but the optimizer, as it was compiled (a
+    keras-hub task's defaults included), for the cached remainder, so that a cached
+    phase computes and logs what plain `fit` does; `fallback` where Keras cannot
+    serialize them."""
+    return _compile_config(model) or fallback
