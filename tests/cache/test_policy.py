@@ -274,3 +274,14 @@ def test_a_layer_inside_a_container_in_inference_mode_runs_as_the_container_make
     # container stays whole, and with its trainable d2 nothing before it is cached.
     with pytest.raises(fl.NotCacheable, match="nothing frozen and deterministic"):
         fl.frost_split(model)
+
+
+def test_the_reason_for_a_python_list_of_samples_says_what_to_pass():
+    from frostline.cache.policy import FitInputs, reason_not_to_cache
+
+    model = nested()
+    fl.apply(model, fl.Plan().freeze("base"))
+    x, y = arrays(8)
+    assert reason_not_to_cache(model, FitInputs(x.tolist(), y), epochs=2) == \
+        "the data is a Python list: pass a NumPy array (np.array(x)) to cache."
+    assert reason_not_to_cache(model, FitInputs(x, y), epochs=2) is None

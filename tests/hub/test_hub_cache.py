@@ -87,6 +87,18 @@ def test_a_causal_lm_whose_preprocessor_makes_the_labels_caches(capsys):
     print(f"gpt2 with preprocessor: {line}; max difference {diff:g}")
 
 
+@pytest.mark.parametrize("validation", ["(x,)", "x"])
+def test_a_causal_lm_with_validation_text_alone_caches(validation, capsys):
+    held_out = letters(4, seed=1)
+    plan = fl.Plan().freeze("re:.*(token_embedding|position_embedding|transformer_layer_0)")
+    _, _, cached, line = _fit(gpt2_lm, letters(), None, plan, "auto", capsys,
+                              validation_data=(held_out,) if validation == "(x,)" else held_out)
+    _, _, plain, _ = _fit(gpt2_lm, letters(), None, plan, False, capsys, validation_data=(held_out,))
+    assert line.startswith("cache: memory,"), line
+    for c, p in zip(cached, plain):
+        np.testing.assert_allclose(c, p, rtol=1e-5, atol=1e-6)
+
+
 def test_an_image_classifier_with_a_preprocessor_caches_its_frozen_backbone(capsys):
     x, y = images()
     plan = fl.Plan().freeze("res_net_backbone")

@@ -71,8 +71,13 @@ class CachedPhase:
     nbytes: int = 0
 
 
-def _validation_is_arrays(validation: Any) -> bool:
-    return isinstance(validation, (tuple, list)) and 2 <= len(validation) <= 3 and all(is_arrays(v) for v in validation)
+def _validation_is_arrays(validation: Any, labels_optional: bool = False) -> bool:
+    """`(x, y[, sample_weight])` of arrays; with `labels_optional` (a preprocessor that
+    makes the labels) also `(x,)` or `x` alone."""
+    if labels_optional and (is_arrays(validation) and not isinstance(validation, tuple)):
+        return True
+    fewest = 1 if labels_optional else 2
+    return isinstance(validation, (tuple, list)) and fewest <= len(validation) <= 3 and all(is_arrays(v) for v in validation)
 
 
 def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, processes: int = 1) -> str | None:
@@ -90,10 +95,13 @@ def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, p
     if processes > 1:
         return "the run spans several processes, and Keras's predict cannot gather activations across hosts."
     # A keras-hub causal LM's preprocessor makes the labels from x.
-    labels = isinstance(inputs.y, np.ndarray) or (inputs.y is None and preprocessor_of(model) is not None)
+    preprocesses = preprocessor_of(model) is not None
+    labels = isinstance(inputs.y, np.ndarray) or (inputs.y is None and preprocesses)
+    if isinstance(inputs.x, list) and inputs.x and not isinstance(inputs.x[0], np.ndarray):
+        return "the data is a Python list: pass a NumPy array (np.array(x)) to cache."
     if not is_arrays(inputs.x) or not labels:
         return "the data is not arrays: a generator or dataset may give different batches each epoch."
-    if inputs.validation is not None and not _validation_is_arrays(inputs.validation):
+    if inputs.validation is not None and not _validation_is_arrays(inputs.validation, preprocesses):
         return "the validation data is not arrays."
     if inputs.fit_kwargs.get("validation_split"):
         return "validation_split is not supported with the cache; pass validation_data."

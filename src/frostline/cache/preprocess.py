@@ -160,7 +160,7 @@ def preprocess(model: keras.Model, x: Any, y: Any, sample_weight: Any, validatio
         train = _concatenate(_batches(run, x, y, sample_weight, batch, memory_limit))
         held_out = None
         if validation is not None:
-            vx, vy, vw = keras.utils.unpack_x_y_sample_weight(tuple(validation))
+            vx, vy, vw = keras.utils.unpack_x_y_sample_weight(validation if isinstance(validation, tuple) else (validation,))
             held_out = _concatenate(_batches(run, vx, vy, vw, batch, memory_limit))
     except _Refused as e:
         return f"{what} cannot run before the frozen part: {e}"
