@@ -138,11 +138,15 @@ def _activation_bytes(shapes: list[tuple[int, ...]], inputs: FitInputs, dtypes: 
     return n * sum(int(np.prod(shape)) * d.itemsize for shape, d in zip(shapes, dtypes))
 
 
+_FAILED = {"cut": "the frost line could not be cut", "computed": "the activations could not be computed",
+           "preprocessed": "the model's preprocessor failed"}
+
+
 def _unexpected(error: Exception, what: str = "cut") -> str:
-    """The reason for a split that failed in an unforeseen way, in one sentence."""
+    """The reason for a cache that failed in an unforeseen way (`what`: "cut",
+    "computed" or "preprocessed"), in one sentence."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    subject = "the frost line could not be cut" if what == "cut" else "the activations could not be computed"
-    return f"{subject} ({type(error).__name__}{': ' + detail if detail else ''})."
+    return f"{_FAILED[what]} ({type(error).__name__}{': ' + detail if detail else ''})."
 
 
 class CachePolicy:
@@ -254,8 +258,7 @@ class CachePolicy:
             result = preprocess(model, inputs.x, inputs.y, kwargs.pop("sample_weight", None), inputs.validation,
                                 batch_size=inputs.batch_size, memory_limit=self.memory_limit)
         except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return None, f"the model's preprocessor failed ({type(e).__name__}{': ' + detail if detail else ''}).", inputs
+            return None, _unexpected(e, "preprocessed"), inputs
         if isinstance(result, str):
             return None, result, inputs
         # The task's own fit batches arrays in order and does not shuffle them.

@@ -159,8 +159,9 @@ def frost_split(model: keras.Model) -> FrostSplit:
 
     Raises:
         NotCacheable: for a subclassed model, a nested model called with keyword
-            arguments other than `inputs`, `training` and `mask`, when nothing frozen and deterministic comes before the first
-            trainable layer, or when everything is.
+            arguments other than `inputs`, `training` and `mask`, when nothing frozen
+            and deterministic comes before the first trainable layer, or when
+            everything is.
 
     Example:
 

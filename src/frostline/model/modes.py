@@ -116,7 +116,8 @@ def layer_mode(layer: keras.layers.Layer, *, inside: Iterable[keras.layers.Layer
     if is_forced_inference(layer):
         return "inference"
     if any(is_forced_inference(c) for c in inside):
-        return "inference" if layer_mode(layer) == "training" else layer_mode(layer)
+        own = layer_mode(layer)
+        return "inference" if own == "training" else own
     if isinstance(layer, keras.layers.BatchNormalization):
         return "training" if layer.trainable else "inference"  # Keras does the latter
     if draws_random_numbers(layer):
