@@ -80,7 +80,7 @@ def missing_modules(text: str) -> list[str]:
 
 # Keras's progress lines carry wall-clock times ("2s - 389ms/step"), which differ on
 # every run; they are compared with the times masked.
-_TIMES = re.compile(r"\b\d+(?:\.\d+)?(?:s|ms|us)(?=/step\b| -)")
+_TIMES = re.compile(r"\b\d+(?:\.\d+)?(?:s|ms|us)(?=/step\b| -)|(?<=computed in )\d+(?:\.\d+)? s\b")
 
 
 def printed_lines(text: str) -> list[str]:

@@ -25,24 +25,14 @@ VERIFIED_KERAS = ("3.15",)
 
 
 def check_version(version: str | None = None) -> bool:
-    """Warns when the installed Keras is not a version frostline was verified with.
-
-    Args:
-        version: A version string to check. Defaults to None: `keras.__version__`.
-
-    Returns:
-        True for a verified version.
-    """
+    """Warns when the installed Keras (or `version`, a version string) is not a version
+    frostline was verified with; returns True for a verified one."""
     version = keras.__version__ if version is None else version
-    minor = ".".join(version.split(".")[:2])
-    if minor in VERIFIED_KERAS:
+    if ".".join(version.split(".")[:2]) in VERIFIED_KERAS:
         return True
-    warnings.warn(
-        f"frostline was verified with Keras {', '.join(VERIFIED_KERAS)}; Keras {version} is "
-        "installed. frostline relies on a few Keras internals (listed in frostline/_keras.py) "
-        "that may have changed: run its tests, or install keras~=" + VERIFIED_KERAS[-1] + ".",
-        stacklevel=3,
-    )
+    warnings.warn(f"frostline was verified with Keras {', '.join(VERIFIED_KERAS)}; Keras {version} is installed. "
+                  "frostline relies on a few Keras internals (listed in frostline/_keras.py) that may have changed: "
+                  f"run its tests, or install keras~={VERIFIED_KERAS[-1]}.", stacklevel=3)
     return False
 
 
@@ -292,6 +282,21 @@ def input_structure(graph: keras.Model) -> Any:
 def graph_nodes(graph: keras.Model) -> list:
     """Every node of a Functional graph, by depth. Relies on `Functional._nodes_by_depth`."""
     return [node for nodes in graph._nodes_by_depth.values() for node in nodes]
+
+
+# ---- data -----------------------------------------------------------------------------
+
+
+def data_adapter(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None = None,
+                 shuffle: bool = False) -> Any:
+    """The adapter `fit` reads `x` through. Relies on `keras.src.trainers.data_adapters.
+    get_data_adapter` and the adapters' `get_numpy_iterator`, `on_epoch_begin`,
+    `on_epoch_end` and `num_batches`."""
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "shuffle=True ... will be ignored": fit says it too
+        return get_data_adapter(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle)
 
 
 # ---- callbacks -----------------------------------------------------------------------

@@ -128,11 +128,17 @@ def test_train_from_an_image_folder_with_an_applications_base(workdir):
     data = config(**{
         "base.keras": None, "base.application": "MobileNetV2", "base.weights": "none", "base.input_shape": [32, 32, 3],
         "data.npz": None, "data.images": "images", "data.image_size": [32, 32], "head.classes": 2,
-        "phases.1.plan": {"rules": [{"unfreeze": "base/block_16_*"}]},
+        "phases.1.plan": {"rules": [{"unfreeze": "base/block_16_*"}]}, "phases.1.epochs": 2,
     })
-    result = run_cli("train", write(workdir, data), "--quiet", cwd=workdir)
+    result = run_cli("train", write(workdir, data), cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert (workdir / "run" / "model.keras").is_file()
+    # The frozen phase caches the folder's dataset (grain without TensorFlow, else tf.data);
+    # the phase that unfreezes the top block caches what comes before it.
+    caches = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("cache:")]
+    assert len(caches) == 2, result.stdout
+    for line in caches:
+        assert line.startswith("cache: memory,") and "dataset checked to give the same samples on two passes" in line, line
 
 
 def test_resume_without_a_checkpoint_writes_nothing(workdir):

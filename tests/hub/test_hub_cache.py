@@ -22,7 +22,7 @@ def _fit(make, x, y, plan, cache, capsys, **fit_kwargs):
     run = fl.FineTune(model, [fl.Phase("head", epochs=2, plan=plan, cache=cache)],
                       optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
     capsys.readouterr()
-    run.fit(x, y, batch_size=4, verbose=0, phase_lines=True, **{"shuffle": False, **fit_kwargs})
+    run.fit(x, y, verbose=0, phase_lines=True, **{"shuffle": False, "batch_size": 4, **fit_kwargs})
     line = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("cache:")][0].strip()
     return model, before, [np.array(v) for v in model.weights], line
 
@@ -152,3 +152,29 @@ def test_a_cached_phase_logs_the_metrics_the_task_compiled_itself_with():
                                                "val_sparse_categorical_accuracy"]
     for key in plain:
         np.testing.assert_allclose(cached[key], plain[key], rtol=1e-5)
+
+
+def _text_dataset(kind):
+    x, y = texts()
+    if kind == "tf.data":
+        import tensorflow as tf
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    import grain
+    return grain.MapDataset.source([(x[i], y[i]) for i in range(len(x))]).batch(4)
+
+
+# Keras warns on the first epoch of a grain dataset (its length is learnt by running out).
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+@pytest.mark.parametrize("kind", ["tf.data", "grain"])
+def test_a_dataset_of_raw_text_caches_after_the_tasks_preprocessor(kind, capsys):
+    if kind == "grain" and keras.backend.backend() == "tensorflow":
+        pytest.skip("Keras's TensorFlow trainer runs extra steps on a grain dataset of unknown length; "
+                    "see docs/caching.md")
+    make = lambda: bert_classifier(preprocessor=True, dropout=0.0)  # noqa: E731
+    _, before, cached, line = _fit(make, _text_dataset(kind), None, _head_plan(), "auto", capsys, batch_size=None)
+    _, _, plain, _ = _fit(make, _text_dataset(kind), None, _head_plan(), False, capsys, batch_size=None)
+    assert "checked to give the same samples on two passes" in line and line.endswith(
+        "after the model's preprocessor (BertTextClassifierPreprocessor)"), line
+    assert any(not np.array_equal(b, a) for b, a in zip(before, cached)), "the fit changed nothing"
+    for c, p in zip(cached, plain):
+        np.testing.assert_allclose(c, p, rtol=1e-5, atol=1e-6)

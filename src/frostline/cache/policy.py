@@ -19,10 +19,13 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from frostline.cache.preprocess import batches_arrays_in_order, preprocess, preprocessor_of
+from frostline.cache.compute import Refused
+from frostline.cache.passes import data_kind, data_reason
+from frostline.cache.preprocess import batch_transform, batches_arrays_in_order, preprocess, preprocessor_of
 from frostline.cache.split import NOTHING_FROZEN, FrostSplit, anything_frozen, frost_split
 from frostline.cache.store import CachedBatches, DiskActivations, compute_in_memory, compute_on_disk, is_arrays, samples
-from frostline.errors import NotCacheable
+from frostline.cache.streamed import stream_cache
+from frostline.errors import FrostlineValueError, NotCacheable
 
 __all__ = ["CachePolicy", "CachedPhase", "FitInputs", "reason_not_to_cache"]
 
@@ -63,12 +66,15 @@ class CachedPhase:
         description: For the phase's cache line, e.g. "memory, 800 bytes of activations
             at the frost line (5,)" or "off, plain fit: <the reason>".
         nbytes: The cached activations' size in bytes (0 without a cache).
+        callbacks: Callbacks the cached `fit` needs (the one that picks each epoch's
+            view).
     """
 
     model: keras.Model | None
     inputs: FitInputs
     description: str
     nbytes: int = 0
+    callbacks: tuple = ()
 
 
 def _validation_is_arrays(validation: Any, labels_optional: bool = False) -> bool:
@@ -99,10 +105,20 @@ def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, p
     labels = isinstance(inputs.y, np.ndarray) or (inputs.y is None and preprocesses)
     if isinstance(inputs.x, list) and inputs.x and not isinstance(inputs.x[0], np.ndarray):
         return "the data is a Python list: pass a NumPy array (np.array(x)) to cache."
-    if not is_arrays(inputs.x) or not labels:
-        return "the data is not arrays: a generator or dataset may give different batches each epoch."
-    if inputs.validation is not None and not _validation_is_arrays(inputs.validation, preprocesses):
-        return "the validation data is not arrays."
+    dataset = data_kind(inputs.x) is not None
+    if dataset:
+        reason = data_reason(inputs.x, steps_per_epoch=inputs.fit_kwargs.get("steps_per_epoch"))
+        if reason is not None:
+            return reason
+    elif not is_arrays(inputs.x) or not labels:
+        return "the data is not arrays or a dataset that Keras reads."
+    if inputs.validation is not None:
+        if data_kind(inputs.validation) is not None:
+            reason = data_reason(inputs.validation, steps_per_epoch=inputs.fit_kwargs.get("validation_steps"))
+            if reason is not None:
+                return f"the validation data: {reason}"
+        elif not _validation_is_arrays(inputs.validation, preprocesses):
+            return "the validation data is not arrays or a dataset."
     if inputs.fit_kwargs.get("validation_split"):
         return "validation_split is not supported with the cache; pass validation_data."
     if not anything_frozen(model):
@@ -136,6 +152,12 @@ def _cut_dtypes(split: FrostSplit, dtype: np.dtype) -> list[np.dtype]:
 def _activation_bytes(shapes: list[tuple[int, ...]], inputs: FitInputs, dtypes: list[np.dtype]) -> int:
     n = samples(inputs.x) + (samples(inputs.validation[0]) if inputs.validation is not None else 0)
     return n * sum(int(np.prod(shape)) * d.itemsize for shape, d in zip(shapes, dtypes))
+
+
+def _after_preprocessor(model: keras.Model) -> str:
+    """The cache line's note of the model's preprocessor, or "" without one."""
+    preprocessor = preprocessor_of(model)
+    return "" if preprocessor is None else f", after the model's preprocessor ({type(preprocessor).__name__})"
 
 
 _FAILED = {"cut": "the frost line could not be cut", "computed": "the activations could not be computed",
@@ -179,7 +201,8 @@ class CachePolicy:
 
     @contextlib.contextmanager
     def for_phase(self, model: keras.Model, inputs: FitInputs, *, mode: CacheMode, epochs: int,
-                  dtype: str | None = None, what: str = "This phase") -> Iterator[CachedPhase]:
+                  dtype: str | None = None, what: str = "This phase", views: int | None = None,
+                  first_epoch: int = 0) -> Iterator[CachedPhase]:
         """Yields the `CachedPhase` for one phase; removes its disk files afterwards.
 
         Args:
@@ -189,15 +212,26 @@ class CachePolicy:
             epochs: The phase's epochs.
             dtype: The stored dtype. Defaults to None: Keras's float type.
             what: Names the phase in errors. Defaults to "This phase".
+            views: The phase's `cache_views`. Defaults to None.
+            first_epoch: The phase's first epoch, as `fit` numbers it (the views are
+                counted from it). Defaults to 0.
 
         Raises:
             NotCacheable: for "memory" or "disk" when the cache cannot apply.
+            FrostlineValueError: for `views` where nothing random comes before the
+                frozen part.
         """
         if mode is False:
             yield CachedPhase(None, inputs, "off (cache=False)")
             return
         given = inputs
-        split, reason, inputs = self._split(model, inputs, epochs)
+        streamed = bool(views) or data_kind(inputs.x) is not None
+        split, reason, inputs = self._split(model, inputs, epochs, views=bool(views), streamed=streamed)
+        if split is not None and streamed:
+            with self._streamed(split, model, inputs, given, mode=mode, views=views, dtype=dtype, what=what,
+                                first_epoch=first_epoch) as phase:
+                yield phase
+            return
         shapes: list[tuple[int, ...]] = []
         if split is not None:
             try:
@@ -216,8 +250,7 @@ class CachePolicy:
         storage = mode if mode != "auto" else ("memory" if estimate <= self.memory_limit else "disk")
         cut = ", ".join(f"{shape}" for shape in shapes)
         description = f"{storage}, {estimate:,} bytes of activations at the frost line {cut}"
-        if preprocessor_of(model) is not None:
-            description += f", after the model's preprocessor ({type(preprocessor_of(model)).__name__})"
+        description += _after_preprocessor(model)
         with contextlib.ExitStack() as cleanup:
             try:
                 if storage == "memory":
@@ -235,19 +268,51 @@ class CachePolicy:
             else:
                 yield CachedPhase(split.remainder, cached, description, estimate)
 
-    def _split(self, model: keras.Model, inputs: FitInputs,
-               epochs: int) -> tuple[FrostSplit | None, str | None, FitInputs]:
+    @contextlib.contextmanager
+    def _streamed(self, split: FrostSplit, model: keras.Model, inputs: FitInputs, given: FitInputs, *,
+                  mode: CacheMode, views: int | None, dtype: str | None, what: str,
+                  first_epoch: int) -> Iterator[CachedPhase]:
+        """The `CachedPhase` of a cache computed by reading the data as `fit` does
+        (datasets, and views)."""
+        dtypes = _cut_dtypes(split, np.dtype(dtype or keras.backend.floatx()))
+        with contextlib.ExitStack() as cleanup:
+            try:
+                result = stream_cache(
+                    split, inputs.x, inputs.y, inputs.validation, inputs.batch_size, dict(inputs.fit_kwargs),
+                    views=views, transform=batch_transform(model), dtype=dtypes,
+                    shapes_of=lambda x: _cut_shapes(split, x), mode=mode, memory_limit=self.memory_limit,
+                    folder=self.disk_folder, cleanup=cleanup, first_epoch=first_epoch, what=what)
+            except (Refused, NotCacheable) as e:
+                reason = str(e)
+            except FrostlineValueError:
+                raise
+            except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
+                reason = _unexpected(e, "computed")
+            else:
+                yield CachedPhase(split.remainder, FitInputs(result.train, None, result.validation, None,
+                                                             result.fit_kwargs),
+                                  result.description + _after_preprocessor(model), result.nbytes, result.callbacks)
+                return
+            cleanup.close()  # the disk files made so far
+            if mode != "auto":
+                raise NotCacheable(f"{what} asks for cache={mode!r}, which cannot apply: {reason}")
+            yield CachedPhase(None, given, f"off, plain fit: {reason}")
+
+    def _split(self, model: keras.Model, inputs: FitInputs, epochs: int, *, views: bool = False,
+               streamed: bool = False) -> tuple[FrostSplit | None, str | None, FitInputs]:
         """The split and the inputs of its frozen part (the model's preprocessor run
-        over the data), or None and the reason there is none."""
+        over array data), or None and the reason there is none."""
         reason = reason_not_to_cache(model, inputs, epochs=epochs, processes=self.processes)
         if reason is not None:
             return None, reason, inputs
         try:
-            split = frost_split(model)
+            split = frost_split(model, views=views)
         except NotCacheable as e:
             return None, str(e), inputs
         except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
             return None, _unexpected(e), inputs
+        if streamed:
+            return split, None, inputs  # the preprocessor runs on each batch as it is read
         kwargs = dict(inputs.fit_kwargs)
         if preprocessor_of(model) is None:
             if batches_arrays_in_order(model):

@@ -20,10 +20,10 @@ import keras
 import numpy as np
 
 from frostline import _keras
-from frostline.cache.store import is_arrays, samples
+from frostline.cache.store import is_arrays, samples, to_numpy
 from frostline.model.modes import draws_random_numbers
 
-__all__ = ["Preprocessed", "batches_arrays_in_order", "preprocess", "preprocessor_of"]
+__all__ = ["Preprocessed", "batch_transform", "batches_arrays_in_order", "preprocess", "preprocessor_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +55,6 @@ def batches_arrays_in_order(model: keras.Model) -> bool:
     return callable(getattr(model, "preprocess_samples", None))
 
 
-def _numpy(value: Any) -> Any:
-    if value is None or isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "numpy"):  # tf.Tensor, torch.Tensor
-        return np.asarray(value.numpy())
-    return np.asarray(value)
-
-
 def _slice(value: Any, start: int, stop: int) -> Any:
     return None if value is None else keras.tree.map_structure(lambda a: a[start:stop], value)
 
@@ -74,7 +66,7 @@ def _batches(preprocess_samples: Any, x: Any, y: Any, sample_weight: Any, batch_
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         result = preprocess_samples(_slice(x, start, stop), _slice(y, start, stop), _slice(sample_weight, start, stop))
-        batch = keras.tree.map_structure(_numpy, keras.utils.unpack_x_y_sample_weight(result))
+        batch = keras.tree.map_structure(to_numpy, keras.utils.unpack_x_y_sample_weight(result))
         used += sum(a.nbytes for a in keras.tree.flatten(batch) if a is not None)
         if used > budget:
             raise _Refused(f"its preprocessed inputs take more than the memory limit ({budget:,} bytes).")
@@ -179,3 +171,27 @@ def preprocess(model: keras.Model, x: Any, y: Any, sample_weight: Any, validatio
 
 def _equal(a: Any, b: Any) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def batch_transform(model: keras.Model) -> Any:
+    """`transform(x, y, sample_weight)` that runs the model's preprocessing on one batch
+    of a dataset, as the task's own `fit` maps it over the dataset; None for a model
+    without a preprocessor. The first batch chooses between NumPy and `tf.Tensor`
+    feeding, as in `preprocess`.
+
+    Raises:
+        ValueError: for a preprocessor without `preprocess_samples`.
+    """
+    if preprocessor_of(model) is None:
+        return None
+    run = getattr(model, "preprocess_samples", None)
+    if not callable(run):
+        raise ValueError(f"the model's preprocessor ({type(preprocessor_of(model)).__name__}) has no "
+                         "preprocess_samples to run it before the frozen part.")
+    chosen: list = []
+
+    def transform(x, y=None, sample_weight=None):
+        if not chosen:
+            chosen.append(_feeding(run, x, y, sample_weight))
+        return chosen[0](x, y, sample_weight)
+    return transform

@@ -3,7 +3,6 @@ batch at a time; and computing them from the frozen front of a split model."""
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["CachedBatches", "DiskActivations", "compute_in_memory", "compute_on_disk", "is_arrays", "per_tensor", "samples"]
+__all__ = ["CachedBatches", "DiskActivations", "MemoryActivations", "ViewEpochs", "compute_in_memory",
+           "compute_on_disk", "is_arrays", "per_tensor", "samples", "to_numpy"]
 
 
 def is_arrays(value: Any) -> bool:
@@ -39,6 +39,21 @@ def samples(x: Any) -> int | None:
         return None
     first = x if isinstance(x, np.ndarray) else (list(x.values())[0] if isinstance(x, dict) else x[0])
     return len(first)
+
+
+def to_numpy(value: Any) -> Any:
+    """`value` as a NumPy array (a `tf.Tensor` or `torch.Tensor` through its `numpy()`);
+    None stays None."""
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "numpy"):  # tf.Tensor, torch.Tensor
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
+def _contiguous(indices: np.ndarray) -> bool:
+    """Whether `indices` are consecutive rows, in order."""
+    return len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
 
 
 def per_tensor(dtype: Any, count: int) -> list[np.dtype]:
@@ -119,7 +134,7 @@ class DiskActivations:
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         """The rows at `indices`, in that order, one array per cut tensor."""
         indices = np.asarray(indices)
-        contiguous = len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
+        contiguous = _contiguous(indices)
         out = []
         for fd, offset, row, shape, dtype in zip(self._fds, self._offsets, self._row_bytes, self.shapes, self.dtypes):
             # Each batch in its own anonymous mapping, unmapped when the batch is
@@ -142,42 +157,115 @@ class DiskActivations:
         self._fds = []
 
 
-class CachedBatches(keras.utils.PyDataset):
-    """Batches of disk-cached activations with their labels (and sample weights), in
-    order, or reshuffled at each epoch from NumPy's random generator.
+class MemoryActivations:
+    """Activations in arrays in memory, written and read like `DiskActivations`.
 
     Args:
-        features: The `DiskActivations`.
-        y: The labels, an array.
-        sample_weight: An array, or None.
-        batch_size: Samples per batch.
-        shuffle: Reorder the samples at every epoch.
+        shapes: Each cut tensor's shape without the batch axis.
+        dtype: The stored dtype, or one per cut tensor.
+        count: The number of samples.
     """
 
-    def __init__(self, features: DiskActivations, y: np.ndarray, sample_weight: np.ndarray | None,
-                 batch_size: int, shuffle: bool):
+    def __init__(self, shapes: list[tuple], dtype: Any, count: int):
+        self.shapes = [tuple(int(d) for d in shape) for shape in shapes]
+        self.dtypes = per_tensor(dtype, len(self.shapes))
+        self.count = count
+        self.arrays = [np.empty((count, *shape), dtype=d) for shape, d in zip(self.shapes, self.dtypes)]
+
+    @property
+    def nbytes(self) -> int:
+        """The activations' size in bytes."""
+        return sum(a.nbytes for a in self.arrays)
+
+    def write(self, start: int, arrays: list[np.ndarray]) -> None:
+        """Writes rows `start ... start + len(arrays[0])`."""
+        for store, array in zip(self.arrays, arrays):
+            store[start:start + len(array)] = array
+
+    def read(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The rows at `indices`, in that order, one array per cut tensor."""
+        indices = np.asarray(indices)
+        if _contiguous(indices):
+            return [a[indices[0]:indices[0] + len(indices)] for a in self.arrays]
+        return [a[indices] for a in self.arrays]
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class CachedBatches(keras.utils.PyDataset):
+    """Batches of cached activations with their labels (and sample weights): in order
+    (in the batches of the pass they were read in, when `batch_sizes` is given), or
+    reshuffled at each epoch from NumPy's random generator. With several views, epoch
+    `e` of the phase (`epoch`, which `ViewEpochs` sets) reads view `e % views`.
+
+    Args:
+        features: A `DiskActivations` or `MemoryActivations`; with views, view `v`
+            holds rows `v * n ... (v + 1) * n - 1`.
+        y: The labels: an array (or structure of arrays) with a row per feature row.
+        sample_weight: Likewise, or None.
+        batch_size: Samples per batch.
+        shuffle: Reorder the samples of the view at every epoch.
+        views: How many views `features` holds. Defaults to 1.
+        batch_sizes: Without `shuffle`, the batches' sizes, in order, summing to `n`.
+            Defaults to None: `batch_size` each, the last one shorter.
+    """
+
+    def __init__(self, features: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool,
+                 *, views: int = 1, batch_sizes: list[int] | None = None):
         super().__init__()
         self.features = features
         self.y = y
         self.sample_weight = sample_weight
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.order = np.arange(features.count)
+        self.views = views
+        self.per_view = features.count // views
+        sizes = batch_sizes if (batch_sizes and not shuffle) else None
+        if sizes is None:
+            sizes = [min(batch_size, self.per_view - s) for s in range(0, self.per_view, batch_size)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.epoch = 0  # set by `ViewEpochs`: Keras calls on_epoch_begin more than once per epoch
+        self.order = np.arange(self.per_view)
 
     def __len__(self) -> int:
-        return math.ceil(self.features.count / self.batch_size)
+        return len(self.starts) - 1
 
     def __getitem__(self, index: int):
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self.order[self.starts[index]:self.starts[index + 1]] + self.view * self.per_view
         xs = self.features.read(rows)
         x = xs[0] if len(xs) == 1 else xs
+        y = None if self.y is None else keras.tree.map_structure(lambda a: a[rows], self.y)
         if self.sample_weight is None:
-            return x, self.y[rows]
-        return x, self.y[rows], self.sample_weight[rows]
+            return x, y
+        return x, y, self.sample_weight[rows]
+
+    @property
+    def view(self) -> int:
+        """The view this epoch reads."""
+        return self.epoch % self.views
 
     def on_epoch_begin(self) -> None:
         if self.shuffle:
-            self.order = np.random.permutation(self.features.count)
+            self.order = np.random.permutation(self.per_view)
+
+
+class ViewEpochs(keras.callbacks.Callback):
+    """Tells `CachedBatches` which epoch of the phase begins, so that it reads that
+    epoch's view.
+
+    Args:
+        batches: The `CachedBatches`.
+        first_epoch: The phase's first epoch, as `fit` numbers it.
+    """
+
+    def __init__(self, batches: CachedBatches, first_epoch: int):
+        super().__init__()
+        self.batches = batches
+        self.first_epoch = first_epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.batches.epoch = epoch - self.first_epoch
 
 
 def compute_in_memory(frozen: keras.Model, x: Any, *, batch_size: int, dtype: Any) -> Any:

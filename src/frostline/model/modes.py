@@ -125,7 +125,6 @@ def layer_mode(layer: keras.layers.Layer, *, inside: Iterable[keras.layers.Layer
     if has_training_argument(layer) and not type(layer).__module__.startswith(_PASS_TRAINING_ON):
         return "training"  # a layer of the user's own that takes `training` may use it
     # Keras passes `training` down to sublayers through its call context, also through
-    # a container whose own `call` does not take it.
     # a container whose own `call` does not take it. (A keras-hub task's preprocessor
     # runs before the model, outside its call.)
     inside = [c for c in _keras.direct_sublayers(layer) if c is not getattr(layer, "preprocessor", None)]

@@ -9,8 +9,11 @@ from typing import Any
 
 import keras
 
+from frostline import _keras
+from frostline.cache.passes import data_kind, data_reason
 from frostline.cache.store import samples
-from frostline.errors import FrostlineTypeError, FrostlineValueError
+from frostline.errors import FrostlineTypeError, FrostlineValueError, NotCacheable
+from frostline.model.modes import draws_random_numbers
 from frostline.train.distribute import DistributedRun
 from frostline.train.phase import Phase
 
@@ -96,9 +99,32 @@ def check_batches(distributed: DistributedRun, x: Any, *, validation_data: Any =
         distributed.check_batches(samples(validation_data[0]), validation_batch, "validation data")
 
 
+def check_cache(phases: Sequence[Phase], model: keras.Model, x: Any, fit_kwargs: Mapping[str, Any]) -> None:
+    """Refuses, before anything trains, a phase whose `cache="memory"` or `"disk"`
+    cannot read the data (an infinite dataset, a generator without `steps_per_epoch`),
+    and `cache_views` on arrays for a model without a random layer.
+
+    Raises:
+        NotCacheable: for the first.
+        FrostlineValueError: for the second.
+    """
+    dataset = data_kind(x) is not None
+    for phase in phases:
+        if dataset and phase.cache in ("memory", "disk"):
+            reason = data_reason(x, steps_per_epoch=fit_kwargs.get("steps_per_epoch"))
+            if reason is not None:
+                raise NotCacheable(f"Phase {phase.name!r} asks for cache={phase.cache!r}, which cannot apply: {reason}")
+        if phase.cache_views and not dataset and not any(draws_random_numbers(l) for l in _keras.all_layers(model)):
+            raise FrostlineValueError(
+                f"Phase {phase.name!r} has cache_views={phase.cache_views}, but nothing random comes before its "
+                "frozen part: the model has no random layer (such as RandomFlip) and arrays are the same on every "
+                "pass. Remove cache_views, or put augmentation layers in front of the frozen base.")
+
+
 def check_run(distributed: DistributedRun, model: keras.Model, optimizer: keras.optimizers.Optimizer, x: Any, *,
               validation_data: Any = None, batch_size: int | None = None, resume: bool = False,
-              checkpoint_dir: str | None = None, fit_kwargs: Mapping[str, Any] | None = None) -> None:
+              checkpoint_dir: str | None = None, fit_kwargs: Mapping[str, Any] | None = None,
+              phases: Sequence[Phase] = ()) -> None:
     """Everything `FineTune.check` refuses, in the order it refuses it.
 
     Raises:
@@ -106,8 +132,10 @@ def check_run(distributed: DistributedRun, model: keras.Model, optimizer: keras.
         FrostlineValueError: for `resume=True` without a `checkpoint_dir`.
         DistributionError: for variables TensorFlow cannot place, or batches the
             devices cannot split.
+        NotCacheable, FrostlineValueError: for what `check_cache` refuses.
     """
     fit_kwargs = fit_kwargs or {}
+    check_cache(phases, model, x, fit_kwargs)
     check_fit_arguments(fit_kwargs)
     check_resume(resume, checkpoint_dir)
     distributed.check_variables(list(model.variables) + list(optimizer.variables))

@@ -43,11 +43,18 @@ class Phase:
         cache_dtype: Store cached floating activations in this dtype, e.g.
             `"float16"` (integer and boolean ones keep their own). Defaults to None:
             as computed.
+        cache_views: With random augmentation in front of the frozen part (layers
+            such as `RandomFlip`, or a dataset whose map function augments), compute
+            this many augmented views of every sample through the frozen part once
+            (random layers in training mode, the frozen part in inference mode), and
+            train epoch `e` of the phase on view `e % cache_views`. Defaults to None:
+            random layers in front of the frozen part keep the phase uncached.
 
     Raises:
         FrostlineValueError: for an empty name, epochs that are not a positive integer,
-            a learning rate that is not a positive number or a schedule, or an unknown
-            cache mode.
+            a learning rate that is not a positive number or a schedule, an unknown
+            cache mode, or `cache_views` that is not a positive integer (or given with
+            `cache=False`).
         FrostlineTypeError: for a plan that is not a `Plan`, or an argument of
             `early_stopping` that `keras.callbacks.EarlyStopping` does not take.
 
@@ -66,6 +73,7 @@ class Phase:
     early_stopping: Mapping[str, Any] | None = None
     cache: Literal["auto", "memory", "disk"] | bool = "auto"
     cache_dtype: str | None = None
+    cache_views: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -84,6 +92,15 @@ class Phase:
             )
         if self.cache is True:
             object.__setattr__(self, "cache", "auto")
+        views = self.cache_views
+        if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
+            raise FrostlineValueError(
+                f"Phase {self.name!r}: expected cache_views to be a positive integer (the number of augmented "
+                f"views to cache) or None. Received: cache_views={views!r}")
+        if views is not None and self.cache is False:
+            raise FrostlineValueError(
+                f"Phase {self.name!r}: cache_views={views} asks for cached views, but cache=False turns the cache "
+                "off. Drop one of them.")
         if self.early_stopping is not None:
             try:
                 keras.callbacks.EarlyStopping(**self.early_stopping)  # fails early on bad arguments
@@ -121,7 +138,7 @@ class Phase:
 
         >>> Phase("head", epochs=2, plan=Plan().freeze("base")).get_config()
         {'name': 'head', 'epochs': 2, 'plan': {'rules': [{'freeze': 'base'}]}, 'learning_rate': None, \
-'early_stopping': None, 'cache': 'auto', 'cache_dtype': None}
+'early_stopping': None, 'cache': 'auto', 'cache_dtype': None, 'cache_views': None}
         """
         lr = self.learning_rate
         if lr is not None and not isinstance(lr, float):
@@ -129,7 +146,7 @@ class Phase:
         return {
             "name": self.name, "epochs": self.epochs, "plan": self.plan.get_config(), "learning_rate": lr,
             "early_stopping": None if self.early_stopping is None else dict(self.early_stopping),
-            "cache": self.cache, "cache_dtype": self.cache_dtype,
+            "cache": self.cache, "cache_dtype": self.cache_dtype, "cache_views": self.cache_views,
         }
 
     @classmethod

@@ -258,6 +258,10 @@ class FineTune:
         Raises:
             FrostlineTypeError: for `epochs` or `initial_epoch`, which the phases set.
             FrostlineValueError: for `resume=True` without a `checkpoint_dir`.
+            NotCacheable: for a phase whose `cache="memory"` or `"disk"` cannot read the
+                data (an infinite dataset, a generator without `steps_per_epoch`).
+            FrostlineValueError: also for `cache_views` on arrays with no random layer
+                in the model.
             DistributionError: with a `distribution` and array inputs, for a batch size
                 (or a last batch) that the devices cannot split equally (with
                 `validation_split`, in either part), arrays that Keras would try to
@@ -265,7 +269,8 @@ class FineTune:
                 outside the strategy's scope.
         """
         check_run(self.distributed, self.model, self.optimizer, x, validation_data=validation_data,
-                  batch_size=batch_size, resume=resume, checkpoint_dir=self.checkpoint_dir, fit_kwargs=fit_kwargs)
+                  batch_size=batch_size, resume=resume, checkpoint_dir=self.checkpoint_dir, fit_kwargs=fit_kwargs,
+                  phases=self.phases)
 
     def _run(self, call: _FitCall, resume: bool) -> keras.callbacks.History:
         point = self._start(call, resume)
@@ -312,14 +317,16 @@ class FineTune:
         callbacks = self._phase_callbacks(index, phase, call.user, start_epoch, iterations, stopper)
         restore_random_state = keep_global_random_state()
         with self._cache.for_phase(self.model, call.inputs, mode=phase.cache, epochs=phase.epochs,
-                                   dtype=phase.cache_dtype, what=f"Phase {phase.name!r}") as cached:
+                                   dtype=phase.cache_dtype, what=f"Phase {phase.name!r}", views=phase.cache_views,
+                                   first_epoch=start_epoch) as cached:
             fit_model = self._fit_model(cached)
             restore_random_state()  # computing the cache drew from them; plain fit would not have
             info = PhaseInfo(index, len(self.phases), report, start_epoch, cached.description, cached.nbytes,
                              cached.model is not None, call.phase_lines)
             self.on_phase_begin(phase, info)
             result = fit_model.fit(**cached.inputs.arguments(), epochs=start_epoch + phase.epochs,
-                                   initial_epoch=epoch, callbacks=callbacks, verbose=call.verbose)
+                                   initial_epoch=epoch, callbacks=[*cached.callbacks, *callbacks],
+                                   verbose=call.verbose)
             if cached.model is not None:
                 sync(self.model)  # the flags and optimizer order of the whole model again
         epochs_run = epoch + len(result.epoch) - start_epoch
