@@ -8,7 +8,10 @@ Each is a `FrostlineError` and also the built-in type a Keras user would catch f
 from __future__ import annotations
 
 import difflib
+import itertools
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class FrostlineError(Exception):
@@ -47,6 +50,45 @@ def did_you_mean(received: str, known: Iterable[str], *, n: int = 1) -> str:
     if len(close) == 1:
         return f" Did you mean '{close[0]}'?"
     return " Did you mean one of " + ", ".join(f"'{c}'" for c in close) + "?"
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() itself refuses integers of more than 4,300 digits.
+        digits = int(x.bit_length() * 0.30103) + 1
+        return super().repr_int(x, level) if digits < 40 else f"<an integer of about {digits:,} digits>"
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        # In insertion order (reprlib sorts the keys), as the user wrote them.
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [f"{self.repr1(k, level - 1)}: {self.repr1(x[k], level - 1)}" for k in itertools.islice(x, self.maxdict)]
+        return "{" + ", ".join(pieces + ["..."] * (len(x) > self.maxdict)) + "}"
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 3
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to at most `limit` characters, for error messages.
+
+    Nested and long values are elided the way `reprlib` does (`[1, 2, ...]`), so a
+    message never holds a huge structure or string.
+
+    Example:
+
+    >>> shorten(list(range(100)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    >>> shorten(10**400)
+    '<an integer of about 401 digits>'
+    """
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class StaleTrainableError(FrostlineError, RuntimeError):

@@ -9,10 +9,11 @@ from typing import Any
 
 import yaml
 
-from frostline.errors import MissingFileError, PlanError, did_you_mean
+from frostline.errors import MissingFileError, PlanError, did_you_mean, shorten
 from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerTree
 from frostline.plan.rules import RULE_KINDS, Freeze, Inference, LearningRate, Lora, Rule, SelectorsLike, Unfreeze
+from frostline.plan.safe_yaml import MAX_YAML_BYTES, decode_yaml, load_yaml
 from frostline.plan.selectors import Selector, exact_layer_selector, exact_variable_selector, parse_selectors
 
 __all__ = ["Plan"]
@@ -42,7 +43,7 @@ class Plan:
     def with_rule(self, rule: Rule) -> Plan:
         """A new plan with `rule` appended."""
         if not isinstance(rule, Rule):
-            raise PlanError(f"Expected a frostline Rule. Received: {rule!r}")
+            raise PlanError(f"Expected a frostline Rule. Received: {shorten(rule)}")
         return Plan(self.rules + (rule,))
 
     def freeze(self, *selectors: SelectorsLike) -> Plan:
@@ -159,24 +160,26 @@ class Plan:
         if isinstance(config, (str, bytes)):
             raise PlanError(
                 "Plan: expected a mapping with the key 'rules' (or a list of rules). "
-                f"Received the text {config!r}. To read a file, pass a pathlib.Path or a "
+                f"Received the text {shorten(config)}. To read a file, pass a pathlib.Path or a "
                 "name ending in .yaml or .yml."
             )
         if isinstance(config, Mapping):
             unknown = [k for k in config if k != "rules"]
             if unknown:
                 raise PlanError(
-                    f"Plan: unknown key {unknown[0]!r}. Expected a mapping with the single "
-                    f"key 'rules'. Received keys: {list(config)}."
-                    + did_you_mean(str(unknown[0]), ["rules"])
+                    f"Plan: unknown key {shorten(unknown[0])}. Expected a mapping with the single "
+                    f"key 'rules'. Received keys: {shorten(list(config))}."
+                    + did_you_mean(str(unknown[0])[:200], ["rules"])
                 )
-            rules = config.get("rules") or []
+            rules = config.get("rules")
+            if rules is None:  # `rules:` with nothing after it
+                rules = []
         else:
             rules = config
-        if not isinstance(rules, Sequence) or isinstance(rules, str):
+        if not isinstance(rules, (list, tuple)):
             raise PlanError(
-                f"Plan: 'rules' expects a list of rules. Received: {rules!r} "
-                f"(of type {type(rules).__name__})."
+                f"Plan: 'rules' expects a list of rules, such as [{{freeze: base}}]. Received: "
+                f"{shorten(rules)} (of type {type(rules).__name__})."
             )
         parsed = []
         for i, item in enumerate(rules, start=1):
@@ -184,7 +187,7 @@ class Plan:
             if not isinstance(item, Mapping):
                 raise PlanError(
                     f"{where}: expected a mapping such as {{freeze: base}}. "
-                    f"Received: {item!r} (of type {type(item).__name__})."
+                    f"Received: {shorten(item)} (of type {type(item).__name__})."
                 )
             if not item:
                 raise PlanError(
@@ -196,11 +199,11 @@ class Plan:
                 if kinds:
                     problem = f"has several rule kinds {kinds}"
                 else:
-                    first = str(next(iter(item)))
-                    problem = f"unknown rule kind {first!r}"
+                    first = str(next(iter(item)))[:200]
+                    problem = f"unknown rule kind {shorten(first)}"
                 raise PlanError(
                     f"{where}: {problem}. Expected exactly one of: "
-                    f"{', '.join(RULE_KINDS)}. Received: {dict(item)!r}."
+                    f"{', '.join(RULE_KINDS)}. Received: {shorten(dict(item))}."
                     + (did_you_mean(first, RULE_KINDS) if not kinds else "")
                 )
             parsed.append(RULE_KINDS[kinds[0]].from_config(item, where=where))
@@ -245,26 +248,30 @@ class Plan:
         return yaml.safe_dump(self.get_config(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, source: str | os.PathLike[str]) -> Plan:
-        """Reads a plan from YAML text or from the path of a YAML file.
+    def from_yaml(cls, source: str | bytes | os.PathLike[str]) -> Plan:
+        """Reads a plan from YAML text (or UTF-8 bytes) or from the path of a YAML file.
+
+        Reading is bounded: anchors and aliases (`&a`, `*a`) are refused, and so are a key
+        written twice in one mapping, nesting over 64 levels and text over 64 MiB.
 
         Raises:
-            PlanError: for malformed YAML or a malformed plan (see `from_config`).
+            PlanError: for malformed YAML (including invalid UTF-8, a refused alias, a
+                duplicate key, a bad date or integer) or a malformed plan (see
+                `from_config`).
             MissingFileError: (a `FileNotFoundError`) for a path that does not exist.
         """
+        if isinstance(source, bytes):
+            source = decode_yaml(source, error=PlanError, what="Plan")
+        if not isinstance(source, (str, os.PathLike)):
+            raise PlanError(f"Plan.from_yaml: expected YAML text or a path. Received: {shorten(source)} "
+                            f"(of type {type(source).__name__}).")
         text = str(source)
         if isinstance(source, os.PathLike) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
             if not os.path.isfile(source):
-                raise MissingFileError(f"Plan: no such file: {text!r}")
-            with open(source) as f:
-                text = f.read()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise PlanError(f"Plan: malformed YAML{where}: {problem}.") from None
+                raise MissingFileError(f"Plan: no such file: {shorten(text)}")
+            with open(source, "rb") as f:
+                text = decode_yaml(f.read(MAX_YAML_BYTES + 1), error=PlanError, what=f"Plan file {shorten(text)}")
+        data = load_yaml(text, error=PlanError, what="Plan")
         if data is None:
             return cls()
         return cls.from_config(data)

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from frostline.errors import PlanError
+from frostline.errors import PlanError, shorten
 from frostline.model.adapters import adapter_variables, base_variable, is_quantized, lora_rank, lora_unsupported_reason
 from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerNode, LayerTree, variable_size
@@ -176,7 +176,7 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     unfrozen_quantized = []
     for index, rule in enumerate(plan.rules):
         layers, variables, direct = _select(index, rule, tree, strict)
-        unfrozen_quantized.append((f"Rule {index + 1} ({rule.describe()})", _quantized_unfrozen(rule, layers, variables)))
+        unfrozen_quantized.append((_rule_name(index, rule), _quantized_unfrozen(rule, layers, variables)))
         for key, value in rule.settings().items():
             if key == "lora":
                 for node in _lora_targets(index, rule, layers, direct):
@@ -198,10 +198,16 @@ def resolve(plan: Plan, tree: LayerTree, *, strict: bool = True) -> Resolution:
     return Resolution(tree, plan, layer_decisions, decisions, tuple(matches), tuple(adapters.values()))
 
 
+def _rule_name(index: int, rule: Rule) -> str:
+    """`Rule 2 (unfreeze base/block5_*)`, its description cut to 80 characters."""
+    text = rule.describe()
+    return f"Rule {index + 1} ({text if len(text) <= 80 else text[:77] + '...'})"
+
+
 def _lora_targets(index: int, rule: Rule, layers: list[LayerNode], direct: list[LayerNode]) -> list[LayerNode]:
     """The layers a lora rule adapts: every selected layer that supports LoRA; a selected
     layer (not a container) that does not is an error, and so is a rule adapting none."""
-    where = f"Rule {index + 1} ({rule.describe()})"
+    where = _rule_name(index, rule)
     refused = [(n, lora_unsupported_reason(n.layer)) for n in direct if not n.is_container]
     refused = [(n, reason) for n, reason in refused if reason is not None]
     if refused:
@@ -251,7 +257,7 @@ def _select(index: int, rule: Rule, tree: LayerTree, strict: bool) -> tuple[list
     layers: dict[int, LayerNode] = {}
     direct: dict[int, LayerNode] = {}
     variables: dict[int, tuple[LayerNode, Any]] = {}
-    where = f"Rule {index + 1} ({rule.describe()})"
+    where = _rule_name(index, rule)
     for selector in rule.selectors:
         try:
             if isinstance(selector, VariableSelector):
@@ -263,7 +269,7 @@ def _select(index: int, rule: Rule, tree: LayerTree, strict: bool) -> tuple[list
             raise PlanError(f"{where}: {e}") from None
         if not found:
             what = "variable" if isinstance(selector, VariableSelector) else "layer"
-            message = f"{where}: selector {selector.text!r} matched no {what}." + selector.suggestion(tree)
+            message = f"{where}: selector {shorten(selector.text)} matched no {what}." + selector.suggestion(tree)
             if strict:
                 raise PlanError(message)
             warnings.warn(message + " Skipped (strict=False).", stacklevel=_user_stacklevel())
@@ -284,9 +290,9 @@ def _check_variable_rule(where: str, rule: Rule, selector: Selector) -> None:
     unsupported = sorted(set(rule.settings()) - _VARIABLE_SETTINGS)
     if unsupported:
         raise PlanError(
-            f"selector {selector.text!r} names variables, but the {rule.kind} rule sets "
+            f"selector {shorten(selector.text)} names variables, but the {rule.kind} rule sets "
             f"{', '.join(unsupported)}, which belongs to a layer. Expected a layer selector "
-            f"here, e.g. {selector.text[len('var:'):].rsplit('/', 1)[0]!r}."
+            f"here, e.g. {shorten(selector.text[len('var:'):].rsplit('/', 1)[0])}."
         )
 
 

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from frostline.errors import PlanError, did_you_mean
+from frostline.errors import PlanError, did_you_mean, shorten
 from frostline.plan.selectors import Selector, parse_selectors
 
 __all__ = ["RULE_KINDS", "Freeze", "Inference", "LearningRate", "Lora", "Rule", "SelectorsLike", "Unfreeze", "register_rule"]
@@ -51,10 +51,10 @@ class Rule:
             if not _is_instance(value, expected):
                 raise PlanError(
                     f"{self.kind} rule: field {name!r} expects {expected.__name__}. "
-                    f"Received: {value!r} (of type {type(value).__name__})."
+                    f"Received: {shorten(value)} (of type {type(value).__name__})."
                 )
             if expected is float:
-                object.__setattr__(self, name, float(value))
+                object.__setattr__(self, name, _as_float(self.kind, name, value))
 
     def settings(self) -> dict[str, Any]:
         """The per-layer settings this rule decides, e.g. `{"trainable": False}`."""
@@ -80,9 +80,9 @@ class Rule:
         for key in config:
             if key not in allowed:
                 raise PlanError(
-                    f"{where} ({cls.kind}): unknown field {key!r}. Expected fields: "
-                    f"{', '.join(allowed)}. Received: {dict(config)!r}."
-                    + did_you_mean(str(key), allowed)
+                    f"{where} ({cls.kind}): unknown field {shorten(key)}. Expected fields: "
+                    f"{', '.join(allowed)}. Received: {shorten(dict(config))}."
+                    + did_you_mean(str(key)[:200], allowed)
                 )
         value = config[cls.kind]
         if not (
@@ -91,7 +91,7 @@ class Rule:
         ):
             raise PlanError(
                 f"{where} ({cls.kind}): field {cls.kind!r} expects a selector string or a "
-                f"non-empty list of them. Received: {value!r} (of type {type(value).__name__})."
+                f"non-empty list of them. Received: {shorten(value)} (of type {type(value).__name__})."
             )
         kwargs = {}
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
@@ -106,7 +106,7 @@ class Rule:
             if not _is_instance(field_value, expected):
                 raise PlanError(
                     f"{where} ({cls.kind}): field {name!r} expects {expected.__name__}. "
-                    f"Received: {field_value!r} (of type {type(field_value).__name__})."
+                    f"Received: {shorten(field_value)} (of type {type(field_value).__name__})."
                 )
             kwargs[name] = field_value
         try:
@@ -114,6 +114,16 @@ class Rule:
         except PlanError as e:
             raise PlanError(f"{where} ({cls.kind}): {e}") from None
         return cls(selectors, **kwargs)
+
+
+def _as_float(kind: str, name: str, value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise PlanError(
+            f"{kind} rule: field {name!r} expects a number that fits a float (at most about 1.8e308). "
+            f"Received: {shorten(value)}."
+        ) from None
 
 
 def _is_instance(value: Any, expected: type) -> bool:
@@ -200,7 +210,7 @@ class LearningRate(Rule):
         if not (self.multiplier >= 0 and math.isfinite(self.multiplier)):
             raise PlanError(
                 f"lr rule: field 'multiplier' expects a finite number of 0 or more. "
-                f"Received: {self.multiplier!r}."
+                f"Received: {shorten(self.multiplier)}."
             )
 
 
@@ -228,10 +238,10 @@ class Lora(Rule):
         super().__post_init__()
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise PlanError(
-                f"lora rule: field 'rank' expects a positive integer, e.g. rank=8. Received: {self.rank!r}."
+                f"lora rule: field 'rank' expects a positive integer, e.g. rank=8. Received: {shorten(self.rank)}."
             )
         if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise PlanError(f"lora rule: field 'alpha' expects a positive number. Received: {self.alpha!r}.")
+            raise PlanError(f"lora rule: field 'alpha' expects a positive number. Received: {shorten(self.alpha)}.")
 
     def settings(self) -> dict[str, Any]:
         return {"lora": (self.rank, self.alpha)}

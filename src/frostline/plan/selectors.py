@@ -23,12 +23,16 @@ from fnmatch import fnmatchcase
 
 import keras
 
-from frostline.errors import PlanError, did_you_mean
+from frostline.errors import PlanError, did_you_mean, shorten
 from frostline.model.tree import LayerNode, LayerTree
+from frostline.plan.patterns import MAX_SELECTOR_CHARS, check_glob, compile_glob, compile_regex
 
 __all__ = ["Selector", "VariableSelector", "parse_selector"]
 
-_SLICE = re.compile(r"^(?P<prefix>.*)\[(?P<body>\s*-?\d*\s*:\s*-?\d*\s*(?::\s*-?\d*\s*)?)\]$")
+_SLICE_BOUND = re.compile(r"-?\d*")
+# Slice bounds fit a 64-bit index; more digits are a typo or an attack.
+_MAX_SLICE_DIGITS = 18
+_MAX_NESTED_SLICES = 8
 
 
 class Selector(abc.ABC):
@@ -68,6 +72,10 @@ class Selector(abc.ABC):
 class NameSelector(Selector):
     """Layers whose name matches a glob, at any depth."""
 
+    def __init__(self, text: str):
+        super().__init__(text)
+        check_glob(text, text)
+
     def match(self, tree: LayerTree) -> list[LayerNode]:
         # The last path segment differs from the name for repeated names (`dense~2`).
         return [
@@ -88,53 +96,16 @@ def _closest_paths_hint(best: str, close: list[str]) -> str:
     return f" Did you mean {best!r}? Closest paths: " + ", ".join(repr(p) for p in close) + "."
 
 
-def _glob_to_regex(pattern: str) -> str:
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            # fnmatch's character class: `[!...]` negates, a leading `]` is literal.
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            j = pattern.find("]", j)
-            if j == -1:
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = pattern[i + 1 : j].replace("\\", "\\\\")
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            elif body.startswith("^"):
-                body = "\\" + body
-            out.append(f"[{body}]")
-            i = j + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
-
-
 class PathSelector(Selector):
     """Layers whose full path matches a glob; `*` stays in a segment, `**` does not."""
 
     def __init__(self, text: str):
         super().__init__(text)
-        self.regex = re.compile(_glob_to_regex(text))
+        check_glob(text, text)
+        self.matches = compile_glob(text)
 
     def match(self, tree: LayerTree) -> list[LayerNode]:
-        return [n for n in tree.layers if any(self.regex.fullmatch(p) for p in n.paths)]
+        return [n for n in tree.layers if any(self.matches(p) for p in n.paths)]
 
 
 class RegexSelector(Selector):
@@ -142,14 +113,7 @@ class RegexSelector(Selector):
 
     def __init__(self, text: str):
         super().__init__(text)
-        try:
-            self.regex = re.compile(text[len("re:") :])
-        except re.error as e:
-            raise PlanError(
-                f"Received a malformed regular expression in selector {text!r}: {e}. "
-                "Expected `re:` followed by a Python regular expression, "
-                "e.g. 're:base/block[45]_.*'."
-            ) from None
+        self.regex = compile_regex(text[len("re:") :], text)
 
     def match(self, tree: LayerTree) -> list[LayerNode]:
         return [n for n in tree.layers if any(self.regex.fullmatch(p) for p in n.paths)]
@@ -167,9 +131,10 @@ class VariableSelector(Selector):
         self.pattern = text[len("var:"):].strip()
         if not self.pattern:
             raise PlanError(
-                f"Expected a variable path or glob after 'var:', e.g. 'var:base/**/bias'. Received: {text!r}"
+                f"Expected a variable path or glob after 'var:', e.g. 'var:base/**/bias'. Received: {shorten(text)}"
             )
-        self.regex = re.compile(_glob_to_regex(self.pattern))
+        check_glob(self.pattern, text)
+        self.matches = compile_glob(self.pattern)
 
     def match_variables(self, tree: LayerTree) -> list[tuple[LayerNode, keras.Variable]]:
         """`(layer, variable)` for every variable of the tree whose path matches."""
@@ -177,7 +142,7 @@ class VariableSelector(Selector):
             (node, v)
             for node in tree.layers
             for v in node.variables
-            if any(self.regex.fullmatch(f"{p}/{v.name}") for p in node.paths)
+            if any(self.matches(f"{p}/{v.name}") for p in node.paths)
         ]
 
     def match(self, tree: LayerTree) -> list[LayerNode]:
@@ -217,14 +182,14 @@ class TypeSelector(Selector):
         if not self.type_name.isidentifier():
             raise PlanError(
                 f"Expected a class name after 'type:', e.g. 'type:BatchNormalization'. "
-                f"Received: {text!r}"
+                f"Received: {shorten(text)}"
             )
 
     def match(self, tree: LayerTree) -> list[LayerNode]:
         known = _known_layer_types(tree)
         if self.type_name not in known:
             raise PlanError(
-                f"Unknown layer type {self.type_name!r} in selector {self.text!r}: no "
+                f"Unknown layer type {self.type_name!r} in selector {shorten(self.text)}: no "
                 "Keras layer class and no class in the model has that name."
                 + (
                     did_you_mean(self.type_name, {n.class_name for n in tree.layers})
@@ -255,7 +220,7 @@ class SliceSelector(Selector):
         for node in containers:
             if not node.is_container:
                 raise PlanError(
-                    f"Selector {self.text!r} slices {node.path!r}, a {node.class_name} "
+                    f"Selector {shorten(self.text)} slices {node.path!r}, a {node.class_name} "
                     "that holds no layers. Expected a model or a layer with sublayers, "
                     "e.g. 'base[:-5]' for `base.layers[:-5]`."
                 )
@@ -264,13 +229,38 @@ class SliceSelector(Selector):
 
     def suggestion(self, tree: LayerTree) -> str:
         if self.prefix is not None and not self.prefix.match(tree):
-            return f" Its container {self.prefix.text!r} matched no layer." + self.prefix.suggestion(tree)
+            return f" Its container {shorten(self.prefix.text)} matched no layer." + self.prefix.suggestion(tree)
         return " The slice is empty for every container it names."
 
 
-def _parse_slice(body: str) -> slice:
+def _split_slice(text: str) -> tuple[str, str] | None:
+    """`(prefix, body)` when `text` ends in a slice (`[...]` holding one or two colons and
+    otherwise only integers and spaces), else None: `conv[12]` is a character class."""
+    if not text.endswith("]"):
+        return None
+    start = text.rfind("[")
+    body = text[start + 1 : -1]
     parts = [p.strip() for p in body.split(":")]
-    values = [int(p) if p else None for p in parts]
+    if start == -1 or len(parts) not in (2, 3) or not all(_SLICE_BOUND.fullmatch(p) for p in parts):
+        return None
+    return text[:start], body
+
+
+def _parse_slice(body: str, text: str) -> slice:
+    values = []
+    for part in (p.strip() for p in body.split(":")):
+        digits = part.lstrip("-")
+        if part and not digits:
+            raise PlanError(
+                f"Received the slice bound '-' in selector {shorten(text)}. Expected an integer after "
+                "the minus sign, or nothing, e.g. 'base[-5:]' or 'base[:-1]'."
+            )
+        if len(digits) > _MAX_SLICE_DIGITS:
+            raise PlanError(
+                f"Received a slice bound of {len(digits):,} digits in selector {shorten(text)}. Expected an "
+                f"integer of at most {_MAX_SLICE_DIGITS} digits, e.g. 'base[-5:]'."
+            )
+        values.append(int(part) if part else None)
     if len(values) == 3 and values[2] == 0:
         raise PlanError(f"Received a slice step of 0 in '[{body}]'. Expected a non-zero step.")
     return slice(*values)
@@ -302,24 +292,37 @@ def parse_selector(text: str | Selector) -> Selector:
     if not isinstance(text, str):
         raise PlanError(
             "Expected a selector string such as 'base', 'base/block5_*', "
-            f"'type:BatchNormalization' or 'base[:-5]'. Received: {text!r} "
+            f"'type:BatchNormalization' or 'base[:-5]'. Received: {shorten(text)} "
             f"(of type {type(text).__name__})"
         )
     text = text.strip()
     if not text:
         raise PlanError("Received an empty selector. Expected a layer name, path or pattern.")
+    if len(text) > MAX_SELECTOR_CHARS:
+        raise PlanError(
+            f"Received a selector of {len(text):,} characters: {shorten(text)}. Expected at most "
+            f"{MAX_SELECTOR_CHARS:,}; a shorter glob or a list of selectors says the same."
+        )
+    return _parse(text, 0)
+
+
+def _parse(text: str, slices: int) -> Selector:
     if text.startswith("var:"):
         return VariableSelector(text)
     if text.startswith("re:"):
         return RegexSelector(text)
     if text.startswith("type:"):
         return TypeSelector(text)
-    m = _SLICE.match(text)
-    if m:
-        prefix = m.group("prefix")
-        return SliceSelector(
-            text, parse_selector(prefix) if prefix else None, _parse_slice(m.group("body"))
-        )
+    split = _split_slice(text)
+    if split:
+        prefix, body = split
+        if slices >= _MAX_NESTED_SLICES:
+            raise PlanError(
+                f"Received more than {_MAX_NESTED_SLICES} slices in a row in selector {shorten(text)}. "
+                "Expected a container and one slice, e.g. 'base[:-5]'."
+            )
+        index = _parse_slice(body, text)
+        return SliceSelector(text, _parse(prefix.strip(), slices + 1) if prefix.strip() else None, index)
     if "/" in text:
         return PathSelector(text)
     return NameSelector(text)
@@ -346,7 +349,7 @@ def parse_selectors(selectors: str | Selector | Iterable[str | Selector]) -> tup
     except TypeError:
         raise PlanError(
             "Expected a selector string or a list of them. "
-            f"Received: {selectors!r} (of type {type(selectors).__name__})"
+            f"Received: {shorten(selectors)} (of type {type(selectors).__name__})"
         ) from None
     if not items:
         raise PlanError("Expected at least one selector. Received an empty list.")
