@@ -1,24 +1,30 @@
-"""Checkpoints of a FineTune run: written atomically after every epoch, read to resume.
+"""Checkpoints of a FineTune run: written atomically after every epoch, verified whole
+before anything is read into a model, and a lock so that one run at a time uses a folder.
 
 Layout of a checkpoint directory:
 
     runs/exp1/
       latest                  name of the newest complete checkpoint ("epoch-00012")
+      .lock                   while a run uses the folder: the lock, with its process id
       epoch-00012/
         model.npz             every model variable (weights, statistics, seed states)
         optimizer.npz         every optimizer variable
-        state.json            the run's position, history, plans, RNG and config
-
-A checkpoint is written to a temporary directory and renamed into place, then `latest`
-is replaced; a process killed at any moment leaves the previous checkpoint intact.
+        state.json            the run's position, history, plans and config; the SHA-256
+                              of both `.npz` files and of its own content
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -26,9 +32,20 @@ import numpy as np
 
 from frostline.errors import CheckpointError
 
-__all__ = ["config_differences", "load_into", "read_latest", "write_checkpoint"]
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+__all__ = ["Checkpoint", "folder_lock", "read_latest", "verify_checkpoint", "write_checkpoint"]
 
 LATEST = "latest"
+LOCK = ".lock"
+STATE = "state.json"
+FILES = ("model.npz", "optimizer.npz")
+_MAX_STATE_BYTES = 256 * 2**20
+_MAX_POINTER_BYTES = 4096
+_START_OVER = "Start a new run instead (without resume=True, or without --resume), or resume from a copy of the folder."
 
 
 def _fsync_directory(path: str) -> None:
@@ -37,6 +54,20 @@ def _fsync_directory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _canonical(state: dict[str, Any]) -> bytes:
+    """The bytes a state's digest covers: every field but the digest, keys sorted."""
+    rest = {k: v for k, v in state.items() if k != "state_sha256"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _save_npz(path: str, variables: list) -> None:
@@ -49,43 +80,35 @@ def _save_npz(path: str, variables: list) -> None:
         os.fsync(f.fileno())
 
 
-def _load_npz(path: str, variables: list, what: str) -> None:
-    with np.load(path) as data:
-        if len(data.files) != len(variables):
-            raise CheckpointError(
-                f"The checkpoint's {what} has {len(data.files)} variables; the model now has "
-                f"{len(variables)}. Was it written for another model?"
-            )
-        for i, v in enumerate(variables):
-            value = data[f"v{i}"]
-            if tuple(value.shape) != tuple(v.shape):
-                raise CheckpointError(
-                    f"The checkpoint's {what} variable {i} has shape {value.shape}; "
-                    f"{v.path} has {tuple(v.shape)}."
-                )
-            v.assign(value)
-
-
 def _write_directory(directory: str, name: str, model: keras.Model, optimizer, state: dict[str, Any]) -> str:
-    """Writes the checkpoint's files into a temporary directory, then renames it into
-    place: a reader never sees a half-written checkpoint."""
+    """Writes the checkpoint's files, flushed, into a new temporary directory; returns it."""
     temporary = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
     try:
-        _save_npz(os.path.join(temporary, "model.npz"), model.variables)
-        _save_npz(os.path.join(temporary, "optimizer.npz"), optimizer.variables)
-        with open(os.path.join(temporary, "state.json"), "w") as f:
-            json.dump(state, f, indent=1)
+        files = {}
+        for filename, variables in zip(FILES, (model.variables, optimizer.variables)):
+            path = os.path.join(temporary, filename)
+            _save_npz(path, variables)
+            files[filename] = {"sha256": _sha256(path), "bytes": os.path.getsize(path),
+                               "variables": [v.path for v in variables]}
+        # Through JSON once, so that the digest covers what a reader will parse.
+        sealed = json.loads(json.dumps({**state, "files": files}))
+        sealed["state_sha256"] = hashlib.sha256(_canonical(sealed)).hexdigest()
+        with open(os.path.join(temporary, STATE), "w") as f:
+            json.dump(sealed, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         _fsync_directory(temporary)
-        final = os.path.join(directory, name)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(temporary, final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return final
+    return temporary
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
 
 
 def _point_latest_at(directory: str, name: str) -> None:
@@ -99,6 +122,14 @@ def _point_latest_at(directory: str, name: str) -> None:
     _fsync_directory(directory)
 
 
+def _pointer(directory: str) -> str | None:
+    try:
+        with open(os.path.join(directory, LATEST), "rb") as f:
+            return f.read(_MAX_POINTER_BYTES).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _remove_all_but(directory: str, name: str) -> None:
     """Removes older checkpoints and what interrupted writes left."""
     for entry in os.listdir(directory):
@@ -109,70 +140,258 @@ def _remove_all_but(directory: str, name: str) -> None:
 
 
 def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, state: dict[str, Any]) -> str:
-    """Writes one checkpoint atomically and points `latest` at it; removes older ones.
+    """Writes one checkpoint and points `latest` at it; removes older ones.
+
+    In this order, so that a process killed at any point leaves `latest` naming a
+    complete checkpoint: the files are written and flushed in a temporary directory,
+    which is renamed into place; `latest` is replaced, and only then are the other
+    checkpoints removed. If a checkpoint of the same name exists (a run started afresh
+    in a used folder), `latest` names the temporary directory while the old one is
+    removed and its name filled with the new files.
 
     Args:
         directory: The run's checkpoint folder (made if missing).
         name: The checkpoint's name, e.g. "epoch-00003".
         model: Its variables go to `model.npz`.
         optimizer: Its variables go to `optimizer.npz`.
-        state: Written as `state.json`.
+        state: Written as `state.json`, with the files' SHA-256 digests and its own.
 
     Returns:
         The checkpoint's path.
     """
     os.makedirs(directory, exist_ok=True)
-    final = _write_directory(directory, name, model, optimizer, state)
+    temporary = _write_directory(directory, name, model, optimizer, state)
+    final = os.path.join(directory, name)
+    try:
+        if os.path.lexists(final):
+            # `latest` may name the old one: it names the complete new copy while the old
+            # goes and `final` is filled (hard links, no copying) until it is complete.
+            _point_latest_at(directory, os.path.basename(temporary))
+            shutil.rmtree(final)
+            os.mkdir(final)
+            for filename in (*FILES, STATE):
+                _link_or_copy(os.path.join(temporary, filename), os.path.join(final, filename))
+            _fsync_directory(final)
+        else:
+            os.rename(temporary, final)
+        _fsync_directory(directory)
+    except BaseException:
+        if _pointer(directory) != os.path.basename(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
     _point_latest_at(directory, name)
     _remove_all_but(directory, name)
     return final
 
 
-def read_latest(directory: str) -> tuple[str, dict[str, Any]]:
-    """The newest complete checkpoint in `directory` and its state.
+# ---- the lock ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str | None) -> Iterator[None]:
+    """Holds an exclusive lock on a checkpoint folder for the length of the block (an
+    `fcntl.flock` on `directory/.lock`, which holds the process id); the lock file is
+    removed on exit. Does nothing for `directory=None`, or where `fcntl` is missing.
+
+    Args:
+        directory: The checkpoint folder (made if missing), or None.
 
     Raises:
-        CheckpointError: if there is none.
+        CheckpointError: at once, when another process (or another run in this one)
+            holds the lock.
     """
+    if directory is None or fcntl is None:
+        yield
+        return
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(
+                f"The checkpoint folder {directory!r} is in use by another run (process id {holder}, "
+                f"which holds {path!r}); two runs in one folder would overwrite each other's checkpoints. "
+                "Wait for it to end, or give this run another checkpoint_dir."
+            ) from None
+        # The holder before us may have removed the file between our open and our lock.
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read and verified: every file's digest and size as `state.json`
+    says, `state.json`'s own digest, no non-finite value in any array.
+
+    Attributes:
+        path: Its directory.
+        state: `state.json`, parsed (with `files` and `state_sha256`).
+        arrays: `{"model.npz": [...], "optimizer.npz": [...]}`, the arrays in order.
+        paths: The same, the paths of the variables they were saved from.
+    """
+
+    path: str
+    state: dict[str, Any]
+    arrays: dict[str, list[np.ndarray]]
+    paths: dict[str, list[str]]
+
+
+def _checkpoint_path(directory: str) -> str:
+    """The directory `latest` names, which must be one entry of `directory`."""
     pointer = os.path.join(directory, LATEST)
     if not os.path.isfile(pointer):
         raise CheckpointError(
             f"No checkpoint to resume from in {directory!r} (no '{LATEST}' file). "
             "Start a new run instead (without resume=True, or without --resume)."
         )
-    with open(pointer) as f:
-        name = f.read().strip()
+    with open(pointer, "rb") as f:
+        raw = f.read(_MAX_POINTER_BYTES + 1)
+    name = raw.decode(errors="replace").strip()
+    if "\ufffd" in name or len(raw) > _MAX_POINTER_BYTES:
+        raise CheckpointError(f"{pointer!r} should hold the name of a checkpoint directory, like 'epoch-00003'. "
+                              f"Received: {len(raw)} bytes that are not one. {_START_OVER}")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or len(parts) != 1 or name in ("", ".", "..") or "\0" in name:
+        raise CheckpointError(
+            f"{pointer!r} should name a checkpoint directory inside {directory!r}, like 'epoch-00003'. "
+            f"Received: {name[:200]!r}; a path elsewhere is not followed. {_START_OVER}"
+        )
     path = os.path.join(directory, name)
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise CheckpointError(f"{pointer!r} names {name!r}, which is not a checkpoint directory in {directory!r}. "
+                              f"{_START_OVER}")
+    return path
+
+
+def _parse_state(path: str) -> dict[str, Any]:
+    where = os.path.join(path, STATE)
+    if not os.path.isfile(where) or os.path.getsize(where) > _MAX_STATE_BYTES:
+        raise CheckpointError(f"The checkpoint {path!r} has no readable {STATE} (of at most {_MAX_STATE_BYTES} "
+                              f"bytes). {_START_OVER}")
+
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"a key appears twice: {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
+        return dict(pairs)
+
     try:
-        with open(os.path.join(path, "state.json")) as f:
-            state = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"The checkpoint {path!r} cannot be read: {e}") from None
-    return path, state
+        with open(where, encoding="utf-8") as f:
+            state = json.load(f, object_pairs_hook=unique)
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{where!r} cannot be read as JSON: {str(e)[:200]}. {_START_OVER}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where!r} should hold a JSON object. Received: a {type(state).__name__}. "
+                              f"{_START_OVER}")
+    return state
 
 
-def load_into(path: str, model: keras.Model, optimizer) -> None:
-    """Loads a checkpoint's variables into a model and its (built) optimizer."""
-    _load_npz(os.path.join(path, "model.npz"), model.variables, "model")
-    _load_npz(os.path.join(path, "optimizer.npz"), optimizer.variables, "optimizer")
+def _check_digest(path: str, state: dict[str, Any]) -> None:
+    where = os.path.join(path, STATE)
+    digest = state.get("state_sha256")
+    if not isinstance(digest, str):
+        raise CheckpointError(f"{where!r}: expected a field 'state_sha256' (the digest of the state). "
+                              f"Received: state_sha256={digest!r}. {_START_OVER}")
+    if hashlib.sha256(_canonical(state)).hexdigest() != digest:
+        raise CheckpointError(f"{where!r} was changed after it was written: its content does not match its "
+                              f"state_sha256. {_START_OVER}")
 
 
-def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
-    """The fields where two configurations differ, as `path: stored -> current` lines."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        out = []
-        for key in sorted(set(stored) | set(current), key=str):
-            where = f"{prefix}.{key}" if prefix else str(key)
-            if key not in stored:
-                out.append(f"{where}: (absent) -> {current[key]!r}")
-            elif key not in current:
-                out.append(f"{where}: {stored[key]!r} -> (absent)")
-            else:
-                out.extend(config_differences(stored[key], current[key], where))
-        return out
-    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
-        out = []
-        for i, (a, b) in enumerate(zip(stored, current)):
-            out.extend(config_differences(a, b, f"{prefix}[{i}]"))
-        return out
-    return [] if stored == current else [f"{prefix}: {stored!r} -> {current!r}"]
+def _file_entries(path: str, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    where = os.path.join(path, STATE)
+    files = state.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted(FILES):
+        raise CheckpointError(f"{where!r}: expected a field 'files' with the digests of {', '.join(FILES)}. "
+                              f"Received: files={str(files)[:200]}. {_START_OVER}")
+    for filename, entry in files.items():
+        valid = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                 and type(entry.get("bytes")) is int and isinstance(entry.get("variables"), list)
+                 and all(isinstance(p, str) for p in entry["variables"]))
+        if not valid:
+            raise CheckpointError(f"{where!r}: files.{filename} should be {{'sha256': str, 'bytes': int, "
+                                  f"'variables': [str, ...]}}. Received: {str(entry)[:200]}. {_START_OVER}")
+    return files
+
+
+def _read_arrays(path: str, filename: str, entry: dict[str, Any]) -> list[np.ndarray]:
+    where = os.path.join(path, filename)
+    try:
+        info = os.lstat(where)
+    except OSError:
+        raise CheckpointError(f"The checkpoint file {where!r} is missing. {_START_OVER}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"The checkpoint file {where!r} is not a regular file. {_START_OVER}")
+    if info.st_size != entry["bytes"] or _sha256(where) != entry["sha256"]:
+        what = (f"it has {info.st_size} bytes, {STATE} says {entry['bytes']}" if info.st_size != entry["bytes"]
+                else f"its SHA-256 is not the one in {STATE}")
+        raise CheckpointError(f"The checkpoint file {where!r} is damaged: {what}. It was truncated or altered "
+                              f"after it was written. {_START_OVER}")
+    count = len(entry["variables"])
+    try:
+        with np.load(where, allow_pickle=False) as data:
+            if sorted(data.files) != sorted(f"v{i}" for i in range(count)):
+                raise CheckpointError(f"{where!r} should hold the arrays v0 to v{count - 1}. "
+                                      f"Received: {len(data.files)} arrays. {_START_OVER}")
+            arrays = [data[f"v{i}"] for i in range(count)]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{where!r} cannot be read as NumPy arrays: {str(e)[:200]}. {_START_OVER}") from None
+    for i, (array, variable) in enumerate(zip(arrays, entry["variables"])):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            raise CheckpointError(
+                f"The checkpoint file {where!r} holds non-finite values in variable {variable!r} (v{i}): "
+                f"{nan} NaN, {inf} inf. The run had diverged when it was written, or the file was altered; "
+                f"resuming would train from them. {_START_OVER}"
+            )
+    return arrays
+
+
+def read_latest(directory: str) -> tuple[str, dict[str, Any]]:
+    """The checkpoint `latest` names in `directory` and its `state.json`, parsed but
+    not yet verified (see `verify_checkpoint`).
+
+    Raises:
+        CheckpointError: when there is none; when `latest` names anything but a
+            directory in `directory` (an absolute path, `..`, a link); when
+            `state.json` is not a JSON object (or has a key twice).
+    """
+    path = _checkpoint_path(directory)
+    return path, _parse_state(path)
+
+
+def verify_checkpoint(path: str, state: dict[str, Any]) -> Checkpoint:
+    """Reads a checkpoint's arrays after verifying all of it; nothing is loaded anywhere.
+
+    Args:
+        path: The checkpoint's directory.
+        state: Its `state.json`, as `read_latest` returns it.
+
+    Raises:
+        CheckpointError: when `state.json` was changed after it was written (its
+            `state_sha256`), a file is missing, its size or SHA-256 is not the one in
+            `state.json`, it cannot be read as arrays, or an array holds NaN or inf.
+            The message names the file (and the variable).
+    """
+    files = _file_entries(path, state)
+    _check_digest(path, state)
+    arrays = {filename: _read_arrays(path, filename, files[filename]) for filename in FILES}
+    return Checkpoint(path, state, arrays, {filename: list(files[filename]["variables"]) for filename in FILES})

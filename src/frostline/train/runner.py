@@ -18,7 +18,7 @@ from frostline.apply.sync import sync
 from frostline.cache.policy import CachedPhase, CachePolicy, FitInputs
 from frostline.inspect.report import Report
 from frostline.train.callbacks import ForwardEvents, PhaseStop, RecordEpochs, Reseed
-from frostline.train.checkpoint import write_checkpoint
+from frostline.train.checkpoint import folder_lock, write_checkpoint
 from frostline.train.checks import check_run, checked_phases
 from frostline.train.distribute import DistributedRun
 from frostline.train.log import RunLog
@@ -239,7 +239,7 @@ class FineTune:
             verbose=verbose,
             phase_lines=verbose != 0 if phase_lines is None else bool(phase_lines),
         )
-        with self.distributed.scope():
+        with self.distributed.scope(), folder_lock(self.checkpoint_dir if self.distributed.is_chief else None):
             return self._run(call, resume)
 
     def check(
