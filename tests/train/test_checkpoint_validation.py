@@ -38,9 +38,9 @@ class StopAt(keras.callbacks.Callback):
             raise RuntimeError("stopped")
 
 
-def interrupted_run(directory, *, loss="mse", callbacks=(), stop_at=1):
+def interrupted_run(directory, *, loss="mse", callbacks=(), stop_at=1, build=nested):
     """A run stopped after `stop_at` epochs, inside phase 'a': resuming applies its plan."""
-    run = fl.FineTune(nested(), phases(), loss=loss, checkpoint_dir=directory, seed=1)
+    run = fl.FineTune(build(), phases(), loss=loss, checkpoint_dir=directory, seed=1)
     with pytest.raises(RuntimeError, match="stopped"):
         run.fit(X, Y, batch_size=8, verbose=0, callbacks=[*callbacks, StopAt(stop_at)])
     return directory / f"epoch-{stop_at:05d}"
@@ -179,6 +179,20 @@ class PoisonHead(keras.callbacks.Callback):
 def test_nan_weights_of_a_diverged_run_are_refused(tmp_path):
     interrupted_run(tmp_path, callbacks=[PoisonHead()])
     refused_resume(tmp_path, r"model.npz' holds non-finite values in variable 'outer/head/kernel' \(v\d+\): 15 NaN, 0 inf")
+
+
+def bfloat16_model():
+    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, dtype="bfloat16", name="d")], name="base")
+    return keras.Sequential([base, keras.layers.Dense(3, dtype="bfloat16", name="head")], name="outer")
+
+
+def test_a_bfloat16_model_resumes_and_its_nan_weights_are_refused(tmp_path):
+    interrupted_run(tmp_path / "clean", build=bfloat16_model)
+    history = fl.FineTune(bfloat16_model(), phases(), loss="mse", checkpoint_dir=tmp_path / "clean", seed=1).fit(
+        X, Y, batch_size=8, verbose=0, resume=True)
+    assert history.epoch == [0, 1, 2]
+    interrupted_run(tmp_path / "nan", build=bfloat16_model, callbacks=[PoisonHead()])
+    refused_resume(tmp_path / "nan", r"variable 'outer/head/kernel' \(v\d+\): 15 NaN", model=bfloat16_model())
 
 
 def test_inf_written_into_the_file_is_refused_even_with_matching_digests(tmp_path):

@@ -1,16 +1,7 @@
-"""Checkpoints of a FineTune run: written atomically after every epoch, verified whole
-before anything is read into a model, and a lock so that one run at a time uses a folder.
-
-Layout of a checkpoint directory:
-
-    runs/exp1/
-      latest                  name of the newest complete checkpoint ("epoch-00012")
-      .lock                   while a run uses the folder: the lock, with its process id
-      epoch-00012/
-        model.npz             every model variable (weights, statistics, seed states)
-        optimizer.npz         every optimizer variable
-        state.json            the run's position, history, plans and config; the SHA-256
-                              of both `.npz` files and of its own content
+"""Checkpoints of a FineTune run: written after every epoch in an order that keeps
+`latest` naming a complete checkpoint, verified whole (SHA-256 digests of every file, no
+NaN or inf) before anything is read into a model, and a lock that keeps a folder to one
+run at a time. docs/checkpoints.md has the layout.
 """
 
 from __future__ import annotations
@@ -28,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import keras
+import ml_dtypes
 import numpy as np
 
 from frostline.errors import CheckpointError
@@ -70,7 +62,9 @@ def _canonical(state: dict[str, Any]) -> bytes:
     return json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _save_npz(path: str, variables: list) -> None:
+def _save_npz(path: str, variables: list) -> list[str]:
+    """Writes the variables' values; returns their dtypes' names (`.npz` keeps bfloat16
+    and float8 as raw bytes)."""
     # The variable, not v.value: under a tf.distribute scope NumPy cannot read a mirrored
     # optimizer variable's raw value.
     arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
@@ -78,6 +72,7 @@ def _save_npz(path: str, variables: list) -> None:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
+    return [a.dtype.name for a in arrays.values()]
 
 
 def _write_directory(directory: str, name: str, model: keras.Model, optimizer, state: dict[str, Any]) -> str:
@@ -87,9 +82,9 @@ def _write_directory(directory: str, name: str, model: keras.Model, optimizer, s
         files = {}
         for filename, variables in zip(FILES, (model.variables, optimizer.variables)):
             path = os.path.join(temporary, filename)
-            _save_npz(path, variables)
+            dtypes = _save_npz(path, variables)
             files[filename] = {"sha256": _sha256(path), "bytes": os.path.getsize(path),
-                               "variables": [v.path for v in variables]}
+                               "variables": [v.path for v in variables], "dtypes": dtypes}
         # Through JSON once, so that the digest covers what a reader will parse.
         sealed = json.loads(json.dumps({**state, "files": files}))
         sealed["state_sha256"] = hashlib.sha256(_canonical(sealed)).hexdigest()
@@ -122,20 +117,10 @@ def _point_latest_at(directory: str, name: str) -> None:
     _fsync_directory(directory)
 
 
-def _pointer(directory: str) -> str | None:
-    try:
-        with open(os.path.join(directory, LATEST), "rb") as f:
-            return f.read(_MAX_POINTER_BYTES).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
 def _remove_all_but(directory: str, name: str) -> None:
     """Removes older checkpoints and what interrupted writes left."""
     for entry in os.listdir(directory):
-        stale = entry.startswith("epoch-") and entry != name
-        interrupted = entry.startswith(".epoch-")
-        if stale or interrupted:
+        if (entry.startswith("epoch-") and entry != name) or entry.startswith(".epoch-"):  # older, interrupted
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
 
 
@@ -162,10 +147,12 @@ def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, s
     os.makedirs(directory, exist_ok=True)
     temporary = _write_directory(directory, name, model, optimizer, state)
     final = os.path.join(directory, name)
+    named = False  # whether `latest` names the temporary directory
     try:
         if os.path.lexists(final):
             # `latest` may name the old one: it names the complete new copy while the old
             # goes and `final` is filled (hard links, no copying) until it is complete.
+            named = True  # from here on, even if the replace below fails halfway
             _point_latest_at(directory, os.path.basename(temporary))
             shutil.rmtree(final)
             os.mkdir(final)
@@ -176,7 +163,7 @@ def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, s
             os.rename(temporary, final)
         _fsync_directory(directory)
     except BaseException:
-        if _pointer(directory) != os.path.basename(temporary):
+        if not named:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
     _point_latest_at(directory, name)
@@ -321,12 +308,14 @@ def _file_entries(path: str, state: dict[str, Any]) -> dict[str, dict[str, Any]]
         raise CheckpointError(f"{where!r}: expected a field 'files' with the digests of {', '.join(FILES)}. "
                               f"Received: files={str(files)[:200]}. {_START_OVER}")
     for filename, entry in files.items():
-        valid = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                 and type(entry.get("bytes")) is int and isinstance(entry.get("variables"), list)
-                 and all(isinstance(p, str) for p in entry["variables"]))
+        lists = ("variables", "dtypes")
+        valid = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int
+                 and all(isinstance(entry.get(k), list) and all(isinstance(n, str) for n in entry[k]) for k in lists)
+                 and len(entry["variables"]) == len(entry["dtypes"]))
         if not valid:
             raise CheckpointError(f"{where!r}: files.{filename} should be {{'sha256': str, 'bytes': int, "
-                                  f"'variables': [str, ...]}}. Received: {str(entry)[:200]}. {_START_OVER}")
+                                  f"'variables': [str, ...], 'dtypes': [str, ...]}} (as many dtypes as variables). "
+                                  f"Received: {str(entry)[:200]}. {_START_OVER}")
     return files
 
 
@@ -354,8 +343,9 @@ def _read_arrays(path: str, filename: str, entry: dict[str, Any]) -> list[np.nda
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{where!r} cannot be read as NumPy arrays: {str(e)[:200]}. {_START_OVER}") from None
-    for i, (array, variable) in enumerate(zip(arrays, entry["variables"])):
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+    for i, (variable, dtype) in enumerate(zip(entry["variables"], entry["dtypes"])):
+        array = arrays[i] = _as_dtype(arrays[i], dtype, f"{where!r}, variable {variable!r} (v{i})")
+        if dtype.startswith(("float", "bfloat", "complex")) and not np.isfinite(array).all():
             nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
             raise CheckpointError(
                 f"The checkpoint file {where!r} holds non-finite values in variable {variable!r} (v{i}): "
@@ -363,6 +353,18 @@ def _read_arrays(path: str, filename: str, entry: dict[str, Any]) -> list[np.nda
                 f"resuming would train from them. {_START_OVER}"
             )
     return arrays
+
+
+def _as_dtype(array: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    """The array as the dtype it was saved with: bfloat16 and float8 come back as bytes."""
+    if array.dtype.kind == "V" and isinstance(getattr(ml_dtypes, dtype, None), type):
+        wanted = np.dtype(getattr(ml_dtypes, dtype))
+        if wanted.itemsize == array.dtype.itemsize:
+            array = array.view(wanted)
+    if array.dtype.name != dtype:
+        raise CheckpointError(f"{where}: expected dtype {dtype}, as {STATE} says. Received: {array.dtype.name}. "
+                              f"{_START_OVER}")
+    return array
 
 
 def read_latest(directory: str) -> tuple[str, dict[str, Any]]:
