@@ -74,11 +74,12 @@ _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
 _SHORT.maxlevel = 3
 
 
-def shorten(value: Any, limit: int = 80) -> str:
+def shorten(value: Any, limit: int = 80, *, quote: bool = True) -> str:
     """`repr(value)` cut to at most `limit` characters, for error messages.
 
     Nested and long values are elided the way `reprlib` does (`[1, 2, ...]`), so a
-    message never holds a huge structure or string.
+    message never holds a huge structure or string. With `quote=False` a string is cut
+    as it is, without quotes (for another error's message).
 
     Example:
 
@@ -86,8 +87,10 @@ def shorten(value: Any, limit: int = 80) -> str:
     '[0, 1, 2, 3, 4, 5, ...]'
     >>> shorten(10**400)
     '<an integer of about 401 digits>'
+    >>> shorten("no such file: " + "x" * 100, 30, quote=False)
+    'no such file: xxxxxxxxxxxxx...'
     """
-    text = _SHORT.repr(value)
+    text = value if isinstance(value, str) and not quote else _SHORT.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from frostline.errors import ConfigError, PlanError
 from frostline.plan.plan import Plan
+from frostline.plan.safe_yaml import MAX_YAML_BYTES, decode_yaml, load_yaml
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
@@ -180,18 +180,16 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
     Raises:
         ConfigError: naming the YAML path of the culprit, for a missing file, malformed
-            YAML, an unknown key, a wrong type or value, or a missing data path.
+            YAML (a key twice in one mapping, aliases expanding past 100,000 values), an
+            unknown key, a wrong type or value, or a missing data path.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path!r}")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    with open(path, "rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    # Bounded: aliases may not expand past MAX_YAML_NODES values; duplicate keys are refused.
+    raw = load_yaml(decode_yaml(data, error=ConfigError, what="config"), error=ConfigError, what="", aliases=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping of settings at the top level; received {type(raw).__name__}")
     try:

@@ -10,12 +10,12 @@ the pattern's automaton, linear in the path's length.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 import re._constants as sre_constants  # the parser of `re`; stable since Python 3.11
 import re._parser as sre_parse
 from collections.abc import Callable
-from fnmatch import fnmatchcase
 
 from frostline.errors import PlanError, shorten
 
@@ -55,21 +55,30 @@ def compile_glob(pattern: str) -> Callable[[str], bool]:
     """A function telling whether a path matches `pattern` (`*`, `?` and `[...]` stay
     in a segment, `**` crosses segments), in time linear in the path's length."""
     segments = pattern.split("/")
-    if all(s == "**" or "**" not in s for s in segments):
-        return functools.partial(_match_segments, tuple(segments))
-    return functools.partial(_match_tokens, _tokens(pattern))
+    if any("**" in s and s != "**" for s in segments):
+        return functools.partial(_match_tokens, _tokens(pattern))
+    # fnmatch's translation of one segment does not backtrack; `match` of it is a fullmatch.
+    matchers = tuple(None if s == "**" else re.compile(fnmatch.translate(s)).match for s in segments)
+    if None not in matchers:
+        return functools.partial(_match_fixed, matchers)
+    return functools.partial(_match_segments, matchers)
 
 
-def _match_segments(pattern: tuple[str, ...], path: str) -> bool:
-    """A whole-segment `**` stands for one or more segments; any other pattern segment
-    matches exactly one path segment."""
+def _match_fixed(matchers: tuple, path: str) -> bool:
+    segments = path.split("/")
+    return len(segments) == len(matchers) and all(m(s) for m, s in zip(matchers, segments))
+
+
+def _match_segments(matchers: tuple, path: str) -> bool:
+    """A whole-segment `**` (None) stands for one or more segments; any other pattern
+    segment matches exactly one path segment."""
     segments = path.split("/")
     reach = {0}  # numbers of path segments the pattern so far can have consumed
-    for part in pattern:
-        if part == "**":
+    for match in matchers:
+        if match is None:
             reach = set(range(min(reach) + 1, len(segments) + 1))
         else:
-            reach = {j + 1 for j in reach if j < len(segments) and fnmatchcase(segments[j], part)}
+            reach = {j + 1 for j in reach if j < len(segments) and match(segments[j])}
         if not reach:
             return False
     return len(segments) in reach
@@ -121,7 +130,7 @@ def _match_tokens(tokens: tuple[tuple[str, object], ...], path: str) -> bool:
                 following.add(i)
             elif kind == "char" and c == arg:
                 following.add(i + 1)
-            elif kind in ("?", "class") and c != "/" and (kind == "?" or fnmatchcase(c, arg)):
+            elif kind in ("?", "class") and c != "/" and (kind == "?" or fnmatch.fnmatchcase(c, arg)):
                 following.add(i + 1)
         if not following:
             return False
@@ -137,10 +146,12 @@ def compile_regex(pattern: str, text: str) -> re.Pattern[str]:
     """Compiles a `re:` selector's pattern, refusing what can backtrack catastrophically.
 
     Refused: a repeat of something that itself repeats a variable number of times
-    (`(a+)+`, `(a*)*`, `(\\w+\\s?)*`), a repeated alternation whose branches can start with
-    the same character or match nothing (`(a|a)*`, `(a|ab)+`, `(a|)*`), and more than
-    MAX_UNBOUNDED_REPEATS unbounded repeats in one pattern. These are what take a Python
-    regular expression exponential or high-polynomial time on a path it does not match.
+    (`(a+)+`, `(a*)*`, `(\\w+\\s?)*`), a repeat of alternatives that can match the same
+    text, two starting with the same character or two matching nothing (`(a|a)*`,
+    `(a|.)*`, `(a|ab|b)*`; `re` itself factors `(ab|a)` into `a(?:b|)`, which is fine),
+    and more than MAX_UNBOUNDED_REPEATS unbounded repeats in one pattern. These are what
+    take a Python regular expression exponential or high-polynomial time on a path it
+    does not match.
 
     Raises:
         PlanError: for a malformed pattern, a repeat count too large, or a refused one.
@@ -151,7 +162,7 @@ def compile_regex(pattern: str, text: str) -> re.Pattern[str]:
         compiled = re.compile(pattern)
     except (re.error, OverflowError, RecursionError, ValueError) as e:
         raise PlanError(
-            f"Received a malformed regular expression in selector {shorten(text)}: {shorten(str(e))[1:-1]}. "
+            f"Received a malformed regular expression in selector {shorten(text)}: {shorten(str(e), quote=False)}. "
             f"Expected `re:` followed by a Python regular expression, {example}."
         ) from None
     problem = _backtracking_problem(parsed)
@@ -174,7 +185,7 @@ def _backtracking_problem(parsed) -> str | None:
             if high > 1 and _varies(body):
                 return "a repeat of something that itself repeats a variable number of times, such as (a+)+"
             if high > 1 and _ambiguous_branches(body):
-                return "a repeat of alternatives that can start with the same character, such as (a|a)*"
+                return "a repeat of alternatives that can match the same text, such as (a|a)*"
     if unbounded > MAX_UNBOUNDED_REPEATS:
         return f"{unbounded} unbounded repeats (*, + or {{n,}}), more than {MAX_UNBOUNDED_REPEATS}"
     return None

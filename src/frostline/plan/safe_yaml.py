@@ -67,7 +67,7 @@ class _BoundedLoader(yaml.SafeLoader):
             if node.tag.endswith(":timestamp"):
                 problem = f"expected a date such as 2024-01-31 or a time such as 2024-01-31 12:00:00; received {shorten(node.value)}"
             else:
-                problem = f"cannot read {shorten(node.value)} as {node.tag.rsplit(':', 1)[-1]} ({shorten(str(e), 120)[1:-1]})"
+                problem = f"cannot read {shorten(node.value)} as {node.tag.rsplit(':', 1)[-1]} ({shorten(str(e), 120, quote=False)})"
             raise ConstructorError(None, None, problem, node.start_mark) from None
 
 
@@ -151,8 +151,9 @@ def load_yaml(text: str | bytes, *, error: type[FrostlineError], what: str, alia
         text = decode_yaml(text, error=error, what=what)
     elif len(text) > MAX_YAML_BYTES:
         raise error(f"{what}: expected YAML of at most {MAX_YAML_BYTES:,} bytes. Received {len(text):,} characters.")
-    loader = (_AliasLoader if aliases else _BoundedLoader)(text)
+    loader = None
     try:
+        loader = (_AliasLoader if aliases else _BoundedLoader)(text)  # checks the characters
         return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -162,4 +163,5 @@ def load_yaml(text: str | bytes, *, error: type[FrostlineError], what: str, alia
     except RecursionError:
         raise error(f"{what + ': ' if what else ''}malformed YAML: nested too deeply to read.") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
