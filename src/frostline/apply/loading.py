@@ -36,13 +36,21 @@ def load_model(path: str | os.PathLike[str], **kwargs) -> keras.Model:
 
     Returns:
         The model, with the frozen set and modes it was saved with.
+
+    Raises:
+        MissingFileError: if `path` does not exist.
+        FrostlineValueError: for a file that is not a `.keras` archive, or whose frostline
+            assets are over `MAX_ASSET_BYTES` (64 MiB) or unreadable; checked before Keras
+            reads the file.
+        PlanError: for a stored plan that is not a plan.
     """
-    model = keras.saving.load_model(path, **kwargs)
+    # frostline's assets first: size-checked and parsed before Keras unpacks anything.
     state = read_stored_state(path)
     try:
         plan = load_plan(path)
     except NoStoredPlan:
         plan = None
+    model = keras.saving.load_model(path, **kwargs)
     if state is not None:
         restore_state(model, state, source=os.fspath(path))
     elif plan is not None:

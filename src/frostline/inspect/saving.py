@@ -18,24 +18,27 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import zipfile
+import zlib
 from typing import Any
 
 import keras
 
 from frostline import _state
-from frostline.errors import FrostlineValueError, MissingFileError, NoStoredPlan
+from frostline.errors import FrostlineError, FrostlineValueError, MissingFileError, NoStoredPlan, PlanError, shorten
 from frostline.model.adapters import lora_rank
 from frostline.model.modes import is_forced_inference
 from frostline.model.tree import LayerTree
 from frostline.plan.plan import Plan
 
-__all__ = ["PLAN_ASSET", "STATE_ASSET", "applied_plan", "load_plan", "read_stored_state", "stored_state", "write_assets"]
+__all__ = ["MAX_ASSET_BYTES", "PLAN_ASSET", "STATE_ASSET", "applied_plan", "load_plan", "read_stored_state", "stored_state", "write_assets"]
 
 PLAN_ASSET = "frostline_plan.yaml"
 STATE_ASSET = "frostline_state.json"
-# An asset larger than this is not a file frostline wrote; it is refused unread.
 MAX_ASSET_BYTES = 64 * 2**20
+"""The largest frostline asset read from a `.keras` file (64 MiB); a larger one is not a
+file frostline wrote and is refused unread."""
 STATE_VERSION = 1
 
 
@@ -79,28 +82,50 @@ def write_assets(model: keras.layers.Layer, dir_path: str) -> None:
 
 
 def _read_asset(path: str, name: str) -> str | None:
-    """The text of an asset in a `.keras` archive, or None; checked before it is read."""
+    """The text of an asset in a `.keras` archive, or None. Its size is checked before it
+    is read and the read is bounded, so an asset that inflates past MAX_ASSET_BYTES (even
+    one whose header claims less) is refused without being unpacked."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(f"No such file: {path!r}")
     if not zipfile.is_zipfile(path):
         raise FrostlineValueError(f"Expected a .keras file (a zip archive written by model.save()). Received: {path!r}")
-    with zipfile.ZipFile(path) as archive:
-        infos = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == name]
-        if not infos:
-            return None
-        info = min(infos, key=lambda i: len(i.filename))
-        if info.file_size > MAX_ASSET_BYTES:
-            raise FrostlineValueError(
-                f"{path!r}: its {name} would unpack to {info.file_size:,} bytes, more than the "
-                f"{MAX_ASSET_BYTES:,} frostline ever writes; refused unread."
-            )
-        with archive.open(info) as f:
-            data = f.read(MAX_ASSET_BYTES + 1)
+    def too_big(size: str) -> FrostlineValueError:
+        return FrostlineValueError(f"{path!r}: its {name} would unpack to {size} bytes, more than the "
+                                   f"{MAX_ASSET_BYTES:,} frostline ever writes; refused unread. Expected a "
+                                   ".keras file written by model.save().")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == name]
+            if not infos:
+                return None
+            info = min(infos, key=lambda i: len(i.filename))
+            if info.file_size > MAX_ASSET_BYTES:
+                raise too_big(f"{info.file_size:,}")
+            with archive.open(info) as f:
+                data = _read_bounded(f, too_big)
+    except FrostlineError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError,
+            struct.error) as e:  # what a damaged archive makes zipfile raise
+        raise FrostlineValueError(f"{path!r}: its {name} cannot be read ({shorten(str(e), quote=False)}). "
+                                  "Expected a .keras file written by model.save().") from None
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise FrostlineValueError(f"{path!r}: its {name} is not text.") from None
+        raise FrostlineValueError(f"{path!r}: its {name} is not UTF-8 text.") from None
+
+
+def _read_bounded(f, too_big) -> bytes:
+    # In pieces: zipfile inflates as much as one read asks for, even past the stored size.
+    chunks, total = [], 0
+    while chunk := f.read(2**20):
+        total += len(chunk)
+        if total > MAX_ASSET_BYTES:  # a size in the archive that understates the data
+            raise too_big(f"more than {MAX_ASSET_BYTES:,}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_stored_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -117,11 +142,12 @@ def read_stored_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     try:
         state = json.loads(text)
-    except ValueError as e:
-        raise FrostlineValueError(f"{os.fspath(path)!r}: its {STATE_ASSET} is not valid JSON ({e}).") from None
+    except (ValueError, RecursionError) as e:
+        raise FrostlineValueError(f"{os.fspath(path)!r}: its {STATE_ASSET} is not valid JSON "
+                                  f"({shorten(str(e), quote=False)}).") from None
     expected = {"version", "variables", "layers", "lr", "adapters"}
     if not isinstance(state, dict) or set(state) != expected or state.get("version") != STATE_VERSION:
-        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        got = shorten(sorted(state, key=str)) if isinstance(state, dict) else type(state).__name__
         raise FrostlineValueError(
             f"{os.fspath(path)!r}: its {STATE_ASSET} is not one this frostline writes (version "
             f"{STATE_VERSION} with keys {sorted(expected)}). Received: {got}."
@@ -140,7 +166,9 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
 
     Raises:
         MissingFileError: (a `FileNotFoundError`) if `path` does not exist.
-        FrostlineValueError: if it is not a `.keras` archive.
+        FrostlineValueError: if it is not a `.keras` archive, or its stored plan would
+            unpack to more than MAX_ASSET_BYTES (64 MiB) or cannot be read.
+        PlanError: if the stored plan is not a plan (see `Plan.from_yaml`).
         NoStoredPlan: (a `LookupError`) if it holds no frostline plan (no plan was
             applied before saving); `fl.Plan.from_model(model)` describes any model's
             current flags.
@@ -151,4 +179,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
             f"{os.fspath(path)!r} holds no frostline plan: it was saved without fl.apply. "
             "Load it and call fl.Plan.from_model(model) to describe its flags."
         )
-    return Plan.from_yaml(text)
+    try:
+        return Plan.from_yaml(text)
+    except PlanError as e:
+        raise PlanError(f"{os.fspath(path)!r}: its stored plan ({PLAN_ASSET}): {e}") from None
