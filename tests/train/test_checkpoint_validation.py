@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -272,8 +273,8 @@ class Killed(BaseException):
     """What a SIGKILL is to the writer: nothing after it runs, cleanup neither."""
 
 
-def kill_at(monkeypatch, folder, step):
-    """Makes the `step`-th rename, replace or tree removal of a checkpoint write die before
+def kill_at(setattr, folder, step, die):
+    """Makes the `step`-th rename, replace or tree removal in `folder` call `die()` before
     it happens (every later one too); a removal dies halfway, one file gone."""
     count = [0]
     rename, replace, rmtree = os.rename, os.replace, shutil.rmtree
@@ -289,30 +290,62 @@ def kill_at(monkeypatch, folder, step):
                         if files:
                             os.remove(os.path.join(root, files[0]))
                             break
-                raise Killed(f"step {count[0]}")
+                die()
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(checkpoint.os, "rename", deadly(rename))
-    monkeypatch.setattr(checkpoint.os, "replace", deadly(replace))
-    monkeypatch.setattr(checkpoint.shutil, "rmtree", deadly(rmtree, partial=True))
+    setattr(checkpoint.os, "rename", deadly(rename))
+    setattr(checkpoint.os, "replace", deadly(replace))
+    setattr(checkpoint.shutil, "rmtree", deadly(rmtree, partial=True))
+
+
+def raise_killed():
+    raise Killed("killed")
+
+
+def assert_resumes_from_what_is_left(folder):
+    found = checkpoint.verify_checkpoint(*checkpoint.read_latest(str(folder)))
+    assert found.state["epoch_done"] == 1
+    seed = found.state["config"]["seed"]
+    resumed = fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=folder, seed=seed)
+    assert resumed.fit(X, Y, batch_size=8, verbose=0, resume=True).epoch == [0, 1, 2]
+    assert sorted(os.listdir(folder)) == ["epoch-00003", "latest"]
+    return seed
 
 
 # A fresh run into a folder whose `latest` names epoch-00001: its first write replaces
-# that directory. Steps: point latest at the new copy, remove the old, rename the new,
-# point latest at it, remove the rest.
+# that directory. Steps: 1 point latest at the new copy, 2 remove the old epoch-00001,
+# 3 point latest at it, refilled; 4, 5 remove the rest; 6 the second write's rename.
 @pytest.mark.parametrize("step", range(1, 7))
 def test_a_write_killed_at_any_step_leaves_latest_naming_a_complete_checkpoint(tmp_path, monkeypatch, step):
     interrupted_run(tmp_path)
     (tmp_path / "epoch-00007").mkdir()  # a stale one, for the last step to remove
     run = fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=tmp_path, seed=2)
     with monkeypatch.context() as patch:
-        kill_at(patch, tmp_path, step)
+        kill_at(patch.setattr, tmp_path, step, raise_killed)
         with pytest.raises(Killed):
             run.fit(X, Y, batch_size=8, verbose=0)
-    found = checkpoint.verify_checkpoint(*checkpoint.read_latest(str(tmp_path)))
-    assert found.state["epoch_done"] == 1
-    assert found.state["config"]["seed"] in (1, 2)
-    resumed = fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=tmp_path, seed=found.state["config"]["seed"])
-    assert resumed.fit(X, Y, batch_size=8, verbose=0, resume=True).epoch == [0, 1, 2]
-    assert sorted(os.listdir(tmp_path)) == ["epoch-00003", "latest"]
+    assert_resumes_from_what_is_left(tmp_path)
+
+
+KILLED_WRITE = """
+import os, signal, sys
+sys.path[:0] = sys.argv[3:]
+import frostline as fl
+from test_checkpoint_validation import X, Y, kill_at, nested, phases
+kill_at(setattr, sys.argv[1], int(sys.argv[2]), lambda: os.kill(os.getpid(), signal.SIGKILL))
+fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=sys.argv[1], seed=2).fit(X, Y, batch_size=8, verbose=0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [2, 3])  # while the old epoch-00001 goes; before latest names the new one
+def test_a_write_killed_by_sigkill_leaves_latest_naming_a_complete_checkpoint(tmp_path, step):
+    interrupted_run(tmp_path)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(tmp_path), str(step), here, os.path.dirname(here)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / checkpoint.LOCK).exists()  # a killed run cannot remove it; the next run takes it
+    assert assert_resumes_from_what_is_left(tmp_path) == 2
