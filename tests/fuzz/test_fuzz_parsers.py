@@ -3,6 +3,7 @@ of `.keras` files. Any input either parses or raises a frostline error, each exa
 within a second; globs agree with the regular expressions they replaced."""
 
 import functools
+import json
 import re
 import shutil
 import warnings
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import frostline as fl
+from frostline.apply.loading import restore_state
 from frostline.inspect.saving import PLAN_ASSET, STATE_ASSET, load_plan, read_stored_state
 from frostline.plan.patterns import check_glob, compile_glob
 
@@ -116,12 +118,18 @@ def test_globs_match_what_the_old_translation_matched(pattern, path):
     assert compile_glob(pattern)(path) == expected
 
 
+PLAN_KEYS = st.sampled_from(["rules", "freeze", "unfreeze", "lr", "multiplier", "lora", "rank", "alpha",
+                             "inference", "enabled", "x"]) | st.text(max_size=5)
+
+
+def nested(children):
+    return st.lists(children, max_size=4) | st.dictionaries(PLAN_KEYS, children, max_size=4)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
     | st.sampled_from(["base", "head", "base/**", "re:(a+)+", "[-:]", "type:Dense"]),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["rules", "freeze", "unfreeze", "lr", "multiplier", "lora", "rank", "alpha",
-                         "inference", "enabled", "x"]) | st.text(max_size=5), children, max_size=4),
+    nested,
     max_leaves=20,
 )
 
@@ -165,6 +173,7 @@ def saved(tmp_path_factory):
     fl.apply(model, fl.Plan().freeze("head"))
     path = folder / "good.keras"
     model.save(path)
+    loaded_model(path)  # loaded once, outside the time limit of the examples
     return path
 
 
@@ -183,6 +192,27 @@ def test_any_stored_asset_is_read_or_refused_with_a_frostline_error(saved, name,
     replace_asset(saved, out, name, content)
     parses_or_refuses(lambda: load_plan(out))
     parses_or_refuses(lambda: read_stored_state(out))
+
+
+@settings(deadline=1000, max_examples=150, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["version", "variables", "layers", "lr", "adapters"]), json_values,
+       st.sampled_from(["head", "head/kernel", "head/bias", "x"]))
+def test_any_stored_state_is_restored_or_refused_with_a_frostline_error(saved, key, value, path):
+    with zipfile.ZipFile(saved) as archive:
+        state = json.loads(archive.read("assets/" + STATE_ASSET))
+    state[key] = value if key == "version" or not isinstance(value, dict) else {path: value}
+    out = saved.parent / "state.keras"
+    replace_asset(saved, out, STATE_ASSET, json.dumps(state).encode())
+    read = parses_or_refuses(lambda: read_stored_state(out))
+    if read is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # where the state and the model disagree
+            parses_or_refuses(lambda: restore_state(loaded_model(saved), read))
+
+
+@functools.cache
+def loaded_model(path):
+    return keras.saving.load_model(path)
 
 
 @settings(deadline=1000, max_examples=150, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,6 +1,7 @@
 """Hostile `.keras` files: frostline's assets are size-checked before they are read, read
 with a bound, and every failure is a frostline error naming the file."""
 
+import json
 import struct
 import time
 import tracemalloc
@@ -125,4 +126,24 @@ def test_hostile_stored_plan_is_a_frostline_error_naming_the_file(tmp_path, cont
 def test_deeply_nested_stored_state_is_a_frostline_error(tmp_path):
     bad = with_asset(saved(tmp_path), tmp_path / "bad.keras", STATE_ASSET, lambda f: f.write(b"[" * 200_000))
     with pytest.raises(fl.FrostlineError, match="its frostline_state.json is not valid JSON"):
+        fl.load_model(bad)
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({"variables": 0}, r"'variables' expects a mapping of paths. Received: 0"),
+        ({"variables": {"head/kernel": "yes"}}, r"variables\['head/kernel'\] expects true or false. Received: 'yes'"),
+        ({"layers": {"head": {"trainable": True}}}, r"layers\['head'\] expects \{trainable: bool, inference: bool\}"),
+        ({"lr": {"head/kernel": -1}}, r"lr\['head/kernel'\] expects a number of 0 or more. Received: -1"),
+        ({"adapters": {"head": {"rank": 10**400, "alpha": 1.0}}}, r"adapters\['head'\] expects \{rank: positive int, alpha: number\}. Received: \{'rank': <an integer of about 401 digits>"),
+    ],
+)
+def test_stored_state_of_the_wrong_types_is_refused_before_anything_changes(tmp_path, state, message):
+    good = saved(tmp_path)
+    with zipfile.ZipFile(good) as archive:
+        stored = json.loads(archive.read("assets/" + STATE_ASSET))
+    stored.update(state)
+    bad = with_asset(good, tmp_path / "bad.keras", STATE_ASSET, lambda f: f.write(json.dumps(stored).encode()))
+    with pytest.raises(fl.FrostlineError, match=r"its frostline_state.json is not one this frostline writes: " + message):
         fl.load_model(bad)

@@ -152,7 +152,32 @@ def read_stored_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             f"{os.fspath(path)!r}: its {STATE_ASSET} is not one this frostline writes (version "
             f"{STATE_VERSION} with keys {sorted(expected)}). Received: {got}."
         )
+    problem = _state_problem(state)
+    if problem:
+        raise FrostlineValueError(f"{os.fspath(path)!r}: its {STATE_ASSET} is not one this frostline writes: {problem}.")
     return state
+
+
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What in a stored state's values has the wrong type, or None."""
+    number = (int, float)
+    expected = {
+        "variables": ("true or false", lambda v: isinstance(v, bool)),
+        "layers": ("{trainable: bool, inference: bool}", lambda v: isinstance(v, dict) and set(v) == {"trainable", "inference"}
+                   and all(isinstance(x, bool) for x in v.values())),
+        "lr": ("a number of 0 or more", lambda v: isinstance(v, number) and not isinstance(v, bool) and 0 <= v < float("inf")),
+        "adapters": ("{rank: positive int, alpha: number}", lambda v: isinstance(v, dict) and set(v) == {"rank", "alpha"}
+                     and isinstance(v["rank"], int) and not isinstance(v["rank"], bool) and 0 < v["rank"] < 2**31
+                     and isinstance(v["alpha"], number) and not isinstance(v["alpha"], bool)),
+    }
+    for key, (what, valid) in expected.items():
+        entries = state[key]
+        if not isinstance(entries, dict):
+            return f"{key!r} expects a mapping of paths. Received: {shorten(entries)}"
+        for path, value in entries.items():
+            if not valid(value):
+                return f"{key}[{shorten(path)}] expects {what}. Received: {shorten(value)}"
+    return None
 
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:
