@@ -1,12 +1,20 @@
 """`frostline bench cache`: the activation cache against plain Keras, side by side.
 
-In one process, on the same data and initial weights:
-  (a) plain Keras `fit` of a model whose MobileNetV2 base is frozen,
-  (b) the same as a frostline phase with `cache="auto"`,
-  (c) the floor: one `predict` over the base, then the head alone on those features,
-and, with the base unfrozen (where no cache applies), plain `fit` against a frostline
-phase, for frostline's own overhead (`repeats` pairs in alternating order; the median of
-the pairs' ratios).
+Scenes, each in this one process, on the same data and initial weights (--scenes picks
+some):
+  arrays: NumPy arrays (--images, --epochs):
+    (a) plain Keras `fit` of a model whose MobileNetV2 base is frozen,
+    (b) the same as a frostline phase with `cache="auto"`,
+    (c) the floor: one `predict` over the base, then the head alone on those features,
+    and, with the base unfrozen (where no cache applies), plain `fit` against a frostline
+    phase, for frostline's own overhead (`repeats` pairs in alternating order; the median
+    of the pairs' ratios);
+  pydataset, image_folder, views, top_block (--scene-images, --scene-epochs): plain `fit`
+    against a frostline phase on a `keras.utils.PyDataset`; an image folder read by
+    `image_dataset_from_directory`; random flips and shifts in front of the frozen base,
+    with `cache_views=2`; only the base's top block unfrozen.
+Each scene prints plain / frostline and the frostline phase's cache line; a table of the
+speed-ups against their targets ends the run, then one machine-readable line.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from frostline.app.bench_scenes import SCENES, TARGETS, Batches, RecordingFineTune, SceneResult, Sizes, run_scene, timed
 from frostline.plan.plan import Plan
-from frostline.train.phase import Phase, PhaseInfo
+from frostline.train.phase import Phase
 from frostline.train.runner import FineTune
 
 __all__ = ["cache_benchmark", "main", "memory_benchmark", "memory_main"]
@@ -36,24 +45,6 @@ def _model(image_size: int, classes: int) -> keras.Model:
     return keras.Sequential([keras.Input((image_size, image_size, 3)), base,
                              keras.layers.GlobalAveragePooling2D(name="pool"),
                              keras.layers.Dense(classes, name="head")], name="bench")
-
-
-class _CacheSizes(FineTune):
-    """A FineTune that notes each phase's cache size, in bytes, in `sizes`."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sizes: list[int] = []
-
-    def on_phase_begin(self, phase: Phase, info: PhaseInfo) -> None:
-        self.sizes.append(info.cache_bytes)
-        super().on_phase_begin(phase, info)
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +67,7 @@ class _Setup:
     def fit(self, model, epochs: int | None = None) -> float:
         """Seconds of one `fit` (a FineTune's when `epochs` is None)."""
         kwargs = {} if epochs is None else {"epochs": epochs}
-        return _timed(lambda: model.fit(self.x, self.y, batch_size=self.batch_size, verbose=0, shuffle=False, **kwargs))
+        return timed(lambda: model.fit(self.x, self.y, batch_size=self.batch_size, verbose=0, shuffle=False, **kwargs))
 
 
 def _plain_frozen(setup: _Setup, epochs: int) -> tuple[float, keras.Model]:
@@ -87,12 +78,13 @@ def _plain_frozen(setup: _Setup, epochs: int) -> tuple[float, keras.Model]:
     return setup.fit(plain, epochs), plain
 
 
-def _frostline_cached(setup: _Setup, epochs: int) -> tuple[float, keras.Model, int]:
-    """(b) a frostline phase with `cache="auto"`; also returns the cache's size."""
+def _frostline_cached(setup: _Setup, epochs: int) -> tuple[float, keras.Model, RecordingFineTune]:
+    """(b) a frostline phase with `cache="auto"`; also returns the run (its cache's size
+    and line)."""
     cached = setup.fresh()
-    run = _CacheSizes(cached, [Phase("head", epochs=epochs, plan=Plan().freeze(cached.layers[0].name))],
-                      optimizer=keras.optimizers.Adam(1e-3), loss=setup.loss)
-    return setup.fit(run), cached, run.sizes[0]
+    run = RecordingFineTune(cached, [Phase("head", epochs=epochs, plan=Plan().freeze(cached.layers[0].name))],
+                            optimizer=keras.optimizers.Adam(1e-3), loss=setup.loss)
+    return setup.fit(run), cached, run
 
 
 def _floor(setup: _Setup, epochs: int) -> tuple[float, keras.layers.Layer]:
@@ -106,7 +98,7 @@ def _floor(setup: _Setup, epochs: int) -> tuple[float, keras.layers.Layer]:
         features = features_model.predict(setup.x, batch_size=setup.batch_size, verbose=0)
         head_model.fit(features, setup.y, batch_size=setup.batch_size, epochs=epochs, verbose=0, shuffle=False)
 
-    return _timed(floor), head
+    return timed(floor), head
 
 
 def _unfrozen_pairs(setup: _Setup, epochs: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -144,8 +136,10 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
                    _model(image_size, 5).get_weights(), batch_size)
     t_plain, plain = _plain_frozen(setup, epochs)
     say(f"(a) plain Keras fit, frozen base:        {t_plain:8.1f} s")
-    t_cached, cached, cache_bytes = _frostline_cached(setup, epochs)
+    t_cached, cached, run = _frostline_cached(setup, epochs)
+    cache_bytes = run.sizes[0]
     say(f"(b) frostline phase, cache='auto':       {t_cached:8.1f} s  (cache {cache_bytes:,} bytes)")
+    say(f"    {run.lines[0]}")
     t_floor, head = _floor(setup, epochs)
     say(f"(c) floor: predict once + head alone:    {t_floor:8.1f} s")
     disagreement = _disagreement([m.get_layer("head").kernel for m in (plain, cached)] + [head.kernel])
@@ -159,36 +153,83 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
         "plain": t_plain, "cached": t_cached, "floor": t_floor,
         "speedup": t_plain / t_cached, "floor_ratio": t_cached / t_floor,
         "unfrozen_overhead": overhead, "cache_bytes": cache_bytes,
-        "head_disagreement": disagreement,
+        "head_disagreement": disagreement, "phase_line": run.lines[0],
     }
 
 
+def _scene_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SCENES)}; "
+                                         f"received {text!r}")
+    return names
+
+
+def _say_scene(result: SceneResult) -> None:
+    if result.speedup is None:
+        print(f"{result.name}: {result.note}")
+        return
+    print(f"{result.name}: plain Keras fit {result.plain:.1f} s, frostline phase {result.frostline:.1f} s, "
+          f"plain / frostline {result.speedup:.2f}" + (f"  ({result.note})" if result.note else ""))
+    print(f"    {result.phase_line}")
+
+
+def _summary(results: list[SceneResult]) -> None:
+    print(f"{'scene':<13} {'plain':>8} {'frostline':>10} {'speed-up':>9} {'target':>7}  met")
+    for r in results:
+        if r.speedup is None:
+            print(f"{r.name:<13} {'-':>8} {'-':>10} {'-':>9} {r.target:>7.1f}  skipped")
+        else:
+            print(f"{r.name:<13} {r.plain:>7.1f}s {r.frostline:>9.1f}s {r.speedup:>9.2f} {r.target:>7.1f}  "
+                  f"{'yes' if r.met else 'NO'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the cache benchmark from the command line; returns the exit code."""
+    """Runs the cache benchmark's scenes from the command line; returns the exit code (1
+    when the arrays scene's trained heads disagree)."""
     parser = argparse.ArgumentParser(prog="frostline bench cache", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--scenes", type=_scene_list, default=list(SCENES),
+                        help=f"comma-separated, from {', '.join(SCENES)} (default: all)")
+    parser.add_argument("--images", type=int, default=512, help="images of the arrays scene")
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the arrays scene")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--unfrozen-epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=4,
                         help="pairs of unfrozen runs (plain, frostline) for the overhead ratio")
+    parser.add_argument("--scene-images", type=int, default=256, help="images of the other scenes")
+    parser.add_argument("--scene-epochs", type=int, default=6, help="epochs of the other scenes")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest relative difference allowed between the trained heads")
     args = parser.parse_args(argv)
-    result = cache_benchmark(images=args.images, image_size=args.image_size, epochs=args.epochs,
-                             batch_size=args.batch_size, unfrozen_epochs=args.unfrozen_epochs,
-                             repeats=args.repeats)
-    print(f"speedup a/b {result['speedup']:.2f} (target >= 6) · floor ratio b/c {result['floor_ratio']:.3f} "
-          f"(target <= 1.15) · unfrozen overhead {result['unfrozen_overhead']:.3f} (target <= 1.03) · "
-          f"heads differ by {result['head_disagreement']:.2e} (relative)")
-    status = 0
-    if result["head_disagreement"] > args.tolerance:
-        print(f"error: the trained heads disagree by {result['head_disagreement']:.2e} > {args.tolerance}")
-        status = 1
-    print(f"speedup={result['speedup']:.2f} floor_ratio={result['floor_ratio']:.3f} "
-          f"unfrozen_overhead={result['unfrozen_overhead']:.3f} cache_bytes={result['cache_bytes']}")
+    results, last, status = [], [], 0
+    if "arrays" in args.scenes:
+        print("== arrays")
+        result = cache_benchmark(images=args.images, image_size=args.image_size, epochs=args.epochs,
+                                 batch_size=args.batch_size, unfrozen_epochs=args.unfrozen_epochs,
+                                 repeats=args.repeats)
+        print(f"speedup a/b {result['speedup']:.2f} (target >= 6) · floor ratio b/c {result['floor_ratio']:.3f} "
+              f"(target <= 1.15) · unfrozen overhead {result['unfrozen_overhead']:.3f} (target <= 1.03) · "
+              f"heads differ by {result['head_disagreement']:.2e} (relative)")
+        if result["head_disagreement"] > args.tolerance:
+            print(f"error: the trained heads disagree by {result['head_disagreement']:.2e} > {args.tolerance}")
+            status = 1
+        results.append(SceneResult("arrays", result["plain"], result["cached"], TARGETS["arrays"],
+                                   result["phase_line"]))
+        last.append(f"speedup={result['speedup']:.2f} floor_ratio={result['floor_ratio']:.3f} "
+                    f"unfrozen_overhead={result['unfrozen_overhead']:.3f} cache_bytes={result['cache_bytes']}")
+    sizes = Sizes(images=args.scene_images, image_size=args.image_size, epochs=args.scene_epochs,
+                  batch_size=args.batch_size)
+    for name in (n for n in SCENES if n != "arrays" and n in args.scenes):
+        print(f"== {name}")
+        results.append(run_scene(name, sizes))
+        _say_scene(results[-1])
+        speedup = results[-1].speedup
+        last.append(f"{name}={'skipped' if speedup is None else f'{speedup:.2f}'}")
+    _summary(results)
+    print(" ".join(last))
     return status
 
 
@@ -203,14 +244,17 @@ def _memory_child(mode: str, samples: int, features: int, width: int, epochs: in
     base = keras.Sequential([keras.Input((features,)), keras.layers.Dense(width, activation="relu", name="expand")],
                             name="base")
     model = keras.Sequential([keras.Input((features,)), base, keras.layers.Dense(10, name="head")], name="wide")
-    cache = {"plain": False, "disk": "disk", "memory": "memory"}[mode]
+    cache = {"plain": False, "disk": "disk", "memory": "memory", "dataset": "disk"}[mode]
+    # "dataset": the disk cache of the same arrays read from a `PyDataset`, which frostline
+    # reads twice (the two-pass check) as it computes the activations.
+    data = (Batches(x, y, batch_size),) if mode == "dataset" else (x, y)
     run = FineTune(model, [Phase("head", epochs=epochs, plan=Plan().freeze("base"), cache=cache)],
                    optimizer=keras.optimizers.Adam(1e-3),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    cache_memory_limit=memory_limit)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    run.fit(x, y, batch_size=batch_size, verbose=0, shuffle=True)
+    run.fit(*data, batch_size=None if mode == "dataset" else batch_size, verbose=0, shuffle=True)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"peak_rss": peak, "rss_before_fit": before, "seconds": seconds,
@@ -221,10 +265,12 @@ def memory_benchmark(*, samples: int = 20000, features: int = 64, width: int = 4
                      batch_size: int = 256, memory_limit: int = 32 * 2**20, say=print) -> dict[str, dict]:
     """Peak resident memory of the same training with no cache, an in-memory cache and a
     disk cache (activations several times `memory_limit`), and of the disk cache again
-    with four times the samples; each run in a fresh process."""
+    with four times the samples; the two disk caches again with the data read from a
+    `PyDataset`; each run in a fresh process."""
     results = {}
     for label, mode, n in (("plain", "plain", samples), ("memory", "memory", samples), ("disk", "disk", samples),
-                           ("disk_4x", "disk", 4 * samples)):
+                           ("disk_4x", "disk", 4 * samples), ("dataset", "dataset", samples),
+                           ("dataset_4x", "dataset", 4 * samples)):
         code = (f"import json, frostline.app.bench as b; print(json.dumps(b._memory_child({mode!r}, {n}, "
                 f"{features}, {width}, {epochs}, {batch_size}, {memory_limit})))")
         env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"))
@@ -232,8 +278,10 @@ def memory_benchmark(*, samples: int = 20000, features: int = 64, width: int = 4
         if done.returncode != 0:
             raise RuntimeError(f"the {label} run failed:\n{done.stderr[-3000:]}")
         results[label] = r = json.loads(done.stdout.strip().splitlines()[-1])
-        cache = "no cache" if mode == "plain" else f"{mode} cache of {r['activation_bytes'] / 2**20:7.1f} MiB"
-        say(f"{n:>7} samples, {cache:<28}: peak RSS {r['peak_rss'] / 2**20:7.1f} MiB "
+        cache = ("no cache" if mode == "plain" else
+                 f"{'disk' if mode == 'dataset' else mode} cache of {r['activation_bytes'] / 2**20:7.1f} MiB"
+                 + (", PyDataset" if mode == "dataset" else ""))
+        say(f"{n:>7} samples, {cache:<39}: peak RSS {r['peak_rss'] / 2**20:7.1f} MiB "
             f"(before fit {r['rss_before_fit'] / 2**20:6.1f} MiB) · {r['seconds']:5.1f} s")
     return results
 
@@ -244,8 +292,9 @@ def memory_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="frostline bench memory",
         description="Peak resident memory (RSS) of training with no cache, an in-memory cache and a streaming "
-                    "disk cache, and of the disk cache with four times the samples, each in a fresh process. The "
-                    "frozen part widens each sample, so the activations are many times the cache's memory limit.")
+                    "disk cache, and of the disk cache with four times the samples; then the two disk caches with "
+                    "the data read from a keras.utils.PyDataset; each in a fresh process. The frozen part widens "
+                    "each sample, so the activations are many times the cache's memory limit.")
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--width", type=int, default=4096, help="the frozen layer's output width")
@@ -259,15 +308,20 @@ def memory_main(argv: Sequence[str] | None = None) -> int:
     mib = lambda b: f"{b / 2**20:+.1f} MiB"  # noqa: E731
     cache, cache_4x = r["disk"]["activation_bytes"], r["disk_4x"]["activation_bytes"]
     growth = r["disk_4x"]["peak_rss"] - r["disk"]["peak_rss"]
+    dataset_growth = r["dataset_4x"]["peak_rss"] - r["dataset"]["peak_rss"]
     print(f"memory limit {limit / 2**20:.1f} MiB; activations {cache / limit:.1f}x and {cache_4x / limit:.1f}x the limit. "
           f"Peak RSS over no cache: in-memory cache {mib(r['memory']['peak_rss'] - r['plain']['peak_rss'])}, "
-          f"disk cache {mib(r['disk']['peak_rss'] - r['plain']['peak_rss'])}; with 4x the samples the disk "
-          f"cache's peak moved {mib(growth)} while its activations grew {mib(cache_4x - cache)}")
+          f"disk cache {mib(r['disk']['peak_rss'] - r['plain']['peak_rss'])}, disk cache of a PyDataset "
+          f"{mib(r['dataset']['peak_rss'] - r['plain']['peak_rss'])}; with 4x the samples the disk cache's peak "
+          f"moved {mib(growth)} (of a PyDataset {mib(dataset_growth)}) while its activations grew "
+          f"{mib(cache_4x - cache)}")
     status = 0
-    if growth > limit:
-        print(f"error: the disk cache's peak memory grew by {growth / 2**20:.1f} MiB with the data, more than its limit")
-        status = 1
+    for what, grew in (("disk cache", growth), ("disk cache of a PyDataset", dataset_growth)):
+        if grew > limit:
+            print(f"error: the {what}'s peak memory grew by {grew / 2**20:.1f} MiB with the data, more than its limit")
+            status = 1
     print(f"cache_bytes={cache} memory_limit={limit} plain_peak_rss={r['plain']['peak_rss']} "
           f"memory_peak_rss={r['memory']['peak_rss']} disk_peak_rss={r['disk']['peak_rss']} "
-          f"disk_4x_cache_bytes={cache_4x} disk_4x_peak_rss={r['disk_4x']['peak_rss']}")
+          f"disk_4x_cache_bytes={cache_4x} disk_4x_peak_rss={r['disk_4x']['peak_rss']} "
+          f"dataset_peak_rss={r['dataset']['peak_rss']} dataset_4x_peak_rss={r['dataset_4x']['peak_rss']}")
     return status
