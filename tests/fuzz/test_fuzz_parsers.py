@@ -20,7 +20,7 @@ from frostline.apply.loading import restore_state
 from frostline.inspect.saving import PLAN_ASSET, STATE_ASSET, load_plan, read_stored_state
 from frostline.plan.patterns import check_glob, compile_glob
 
-FUZZ = settings(deadline=1000, max_examples=300, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+FUZZ = settings(deadline=1000, max_examples=1000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 SELECTOR_CHARS = "ab/*?[]!-:^019 re:typvar(){}+|.\\$,"
 
 
@@ -63,7 +63,9 @@ selectors = st.one_of(
 @FUZZ
 @given(selectors)
 def test_any_selector_parses_and_matches_in_bounded_time_or_is_refused(text):
-    selector = parses_or_refuses(lambda: fl.parse_selector(text))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Possible nested set", FutureWarning)  # re's own, for `re:[[`
+        selector = parses_or_refuses(lambda: fl.parse_selector(text))
     if selector is not None:
         parses_or_refuses(lambda: fl.resolve(fl.Plan().freeze(selector), tree()))
 
@@ -104,7 +106,7 @@ def reference_regex(pattern: str) -> str:
 
 
 @settings(deadline=1000, max_examples=1000, derandomize=True)
-@given(st.text("ab/*?[]!-", max_size=10), st.text("ab/-!", max_size=10))
+@given(st.text("ab/*?[]!-^\\", max_size=10), st.text("ab/-!^]\\", max_size=10))
 def test_globs_match_what_the_old_translation_matched(pattern, path):
     try:
         with warnings.catch_warnings():
@@ -183,7 +185,7 @@ def replace_asset(good, out, name, content: bytes):
             dst.writestr(info.filename, content if info.filename.endswith(name) else src.read(info.filename))
 
 
-@settings(deadline=1000, max_examples=150, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=1000, max_examples=400, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from([PLAN_ASSET, STATE_ASSET]),
        st.one_of(st.binary(max_size=300), st.lists(st.sampled_from(YAML_PIECES + ['{"', '":', "[", "1e999", "true"]),
                                                   max_size=30).map(lambda p: "".join(p).encode())))
@@ -194,7 +196,7 @@ def test_any_stored_asset_is_read_or_refused_with_a_frostline_error(saved, name,
     parses_or_refuses(lambda: read_stored_state(out))
 
 
-@settings(deadline=1000, max_examples=150, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=1000, max_examples=400, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(["version", "variables", "layers", "lr", "adapters"]), json_values,
        st.sampled_from(["head", "head/kernel", "head/bias", "x"]))
 def test_any_stored_state_is_restored_or_refused_with_a_frostline_error(saved, key, value, path):
@@ -215,7 +217,7 @@ def loaded_model(path):
     return keras.saving.load_model(path)
 
 
-@settings(deadline=1000, max_examples=150, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=1000, max_examples=400, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_any_damaged_archive_is_refused_with_a_frostline_error(saved, data):
     raw = bytearray(saved.read_bytes())

@@ -32,29 +32,28 @@ def check_glob(pattern: str, text: str) -> None:
     """Refuses a glob whose character class holds a reversed range such as `[2-1]`."""
     i = pattern.find("[")
     while i != -1:
-        j = i + 1
-        if j < len(pattern) and pattern[j] == "!":
-            j += 1
-        if j < len(pattern) and pattern[j] == "]":
-            j += 1
-        end = pattern.find("]", j)
+        end = _class_end(pattern, i)
         if end == -1:
             return  # an unclosed `[` is a literal character
-        body = pattern[j:end]
-        for k in range(len(body) - 2):
-            if body[k + 1] == "-" and body[k] > body[k + 2]:
-                raise PlanError(
-                    f"Received the character class {shorten(pattern[i:end + 1])} in selector {shorten(text)}: "
-                    f"its range {body[k]}-{body[k + 2]} runs backwards. Expected a range such as "
-                    f"[{body[k + 2]}-{body[k]}]."
-                )
+        body, k = pattern[i + 1 : end].removeprefix("!"), 0
+        while k < len(body):
+            if k + 2 < len(body) and body[k + 1] == "-":  # a range consumes three characters
+                if body[k] > body[k + 2]:
+                    raise PlanError(
+                        f"Received the character class {shorten(pattern[i:end + 1])} in selector {shorten(text)}: "
+                        f"its range {body[k]}-{body[k + 2]} runs backwards. Expected a range such as "
+                        f"[{body[k + 2]}-{body[k]}]."
+                    )
+                k += 3
+            else:
+                k += 1
         i = pattern.find("[", end + 1)
 
 
 def compile_glob(pattern: str) -> Callable[[str], bool]:
     """A function telling whether a path matches `pattern` (`*`, `?` and `[...]` stay
     in a segment, `**` crosses segments), in time linear in the path's length."""
-    segments = pattern.split("/")
+    segments = _segments(pattern)
     if any("**" in s and s != "**" for s in segments):
         return functools.partial(_match_tokens, _tokens(pattern))
     # fnmatch's translation of one segment does not backtrack; `match` of it is a fullmatch.
@@ -62,6 +61,31 @@ def compile_glob(pattern: str) -> Callable[[str], bool]:
     if None not in matchers:
         return functools.partial(_match_fixed, matchers)
     return functools.partial(_match_segments, matchers)
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index of the `]` closing the character class opened at `pattern[i]`, or -1
+    (fnmatch's rules: `[!...]` negates, a leading `]` is literal)."""
+    j = i + 1
+    if j < len(pattern) and pattern[j] == "!":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    return pattern.find("]", j)
+
+
+def _segments(pattern: str) -> list[str]:
+    """`pattern` split at each `/` that is not inside a character class (`[!/]`)."""
+    out, start, i = [], 0, 0
+    while i < len(pattern):
+        if pattern[i] == "[" and (end := _class_end(pattern, i)) != -1:
+            i = end + 1
+            continue
+        if pattern[i] == "/":
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return out + [pattern[start:]]
 
 
 def _match_fixed(matchers: tuple, path: str) -> bool:
@@ -98,12 +122,7 @@ def _tokens(pattern: str) -> tuple[tuple[str, object], ...]:
             out.append((kind, None))
             continue
         if c == "[":
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            end = pattern.find("]", j)
+            end = _class_end(pattern, i)
             if end != -1:
                 out.append(("class", pattern[i : end + 1]))
                 i = end + 1
