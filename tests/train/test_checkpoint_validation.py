@@ -2,6 +2,7 @@
 anything is restored, and a write killed at any point leaves `latest` naming a complete
 checkpoint."""
 
+import errno
 import hashlib
 import json
 import os
@@ -123,6 +124,7 @@ def test_a_flipped_byte_is_refused_and_nothing_changes(tmp_path, name):
 @pytest.mark.parametrize(("change", "match"), [
     (lambda s: s.pop("epoch_done"), r"state.json': expected epoch_done to be an integer. Received: epoch_done=.\(missing\)"),
     (lambda s: s.update(phase="0"), r"expected phase to be an integer. Received: phase='0'"),
+    (lambda s: s.update(phase="x" * 5000), r"Received: phase='x{199}\.\.\.\. Nothing was restored"),
     (lambda s: s.update(phase_finished=1), r"expected phase_finished to be true or false"),
     (lambda s: s.update(epoch_done=999), r"expected epoch_done to be within the run's epochs: 1 to 2 .*epoch_done=999"),
     (lambda s: s.update(phase=7), r"expected phase to be a phase's number, 0 to 1. Received: phase=7"),
@@ -147,6 +149,10 @@ def test_state_that_is_not_json_or_repeats_a_key_is_refused(tmp_path):
     refused_resume(tmp_path, "state.json' cannot be read as JSON")
     (path / "state.json").write_text('{"phase": 0, "phase": 1}')
     refused_resume(tmp_path, "a key appears twice: 'phase'")
+    (path / "state.json").write_text("[" * 100_000)
+    refused_resume(tmp_path, "state.json' cannot be read as JSON")
+    (path / "state.json").write_text("[1]")
+    refused_resume(tmp_path, "state.json' should hold a JSON object. Received: a list")
 
 
 @pytest.mark.parametrize("pointer", ["absolute", "../outside/epoch-00001", "..", "epoch-00001/../../outside/epoch-00001"])
@@ -235,6 +241,16 @@ def test_a_run_in_a_folder_locked_by_another_run_is_refused_at_once(tmp_path):
                 run.fit(X, Y, batch_size=8, verbose=0, resume=resume)
         assert_same(before, snapshot(model, optimizer))
     assert sorted(os.listdir(tmp_path)) == ["epoch-00001", "latest"]
+
+
+def test_a_folder_that_cannot_be_locked_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", no_locks)
+    run = fl.FineTune(nested(), phases(), loss="mse", checkpoint_dir=tmp_path, seed=1)
+    with pytest.warns(UserWarning, match=r"cannot be locked \(\[Errno \d+\] No locks available\); this run goes on"):
+        assert run.fit(X, Y, batch_size=8, verbose=0).epoch == [0, 1, 2]
 
 
 HOLD = """

@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -99,13 +100,6 @@ def _write_directory(directory: str, name: str, model: keras.Model, optimizer, s
     return temporary
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(source, target)
-
-
 def _point_latest_at(directory: str, name: str) -> None:
     """Replaces the `latest` pointer atomically."""
     pointer = os.path.join(directory, f".{LATEST}.tmp")
@@ -156,8 +150,11 @@ def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, s
             _point_latest_at(directory, os.path.basename(temporary))
             shutil.rmtree(final)
             os.mkdir(final)
-            for filename in (*FILES, STATE):
-                _link_or_copy(os.path.join(temporary, filename), os.path.join(final, filename))
+            for source, target in ((os.path.join(temporary, f), os.path.join(final, f)) for f in (*FILES, STATE)):
+                try:
+                    os.link(source, target)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(source, target)
             _fsync_directory(final)
         else:
             os.rename(temporary, final)
@@ -178,7 +175,8 @@ def write_checkpoint(directory: str, name: str, model: keras.Model, optimizer, s
 def folder_lock(directory: str | None) -> Iterator[None]:
     """Holds an exclusive lock on a checkpoint folder for the length of the block (an
     `fcntl.flock` on `directory/.lock`, which holds the process id); the lock file is
-    removed on exit. Does nothing for `directory=None`, or where `fcntl` is missing.
+    removed on exit. Does nothing for `directory=None`, or where `fcntl` is missing; warns
+    and goes on unlocked on a file system that cannot lock.
 
     Args:
         directory: The checkpoint folder (made if missing), or None.
@@ -196,7 +194,7 @@ def folder_lock(directory: str | None) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise CheckpointError(
@@ -204,6 +202,12 @@ def folder_lock(directory: str | None) -> Iterator[None]:
                 f"which holds {path!r}); two runs in one folder would overwrite each other's checkpoints. "
                 "Wait for it to end, or give this run another checkpoint_dir."
             ) from None
+        except OSError as e:  # a file system without flock
+            os.close(fd)
+            warnings.warn(f"The checkpoint folder {directory!r} cannot be locked ({e}); this run goes on "
+                          "without the lock, so make sure no other run uses the folder.", stacklevel=3)
+            yield
+            return
         # The holder before us may have removed the file between our open and our lock.
         with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -244,18 +248,13 @@ def _checkpoint_path(directory: str) -> str:
     """The directory `latest` names, which must be one entry of `directory`."""
     pointer = os.path.join(directory, LATEST)
     if not os.path.isfile(pointer):
-        raise CheckpointError(
-            f"No checkpoint to resume from in {directory!r} (no '{LATEST}' file). "
-            "Start a new run instead (without resume=True, or without --resume)."
-        )
+        raise CheckpointError(f"No checkpoint to resume from in {directory!r} (no '{LATEST}' file). "
+                              "Start a new run instead (without resume=True, or without --resume).")
     with open(pointer, "rb") as f:
         raw = f.read(_MAX_POINTER_BYTES + 1)
     name = raw.decode(errors="replace").strip()
-    if "\ufffd" in name or len(raw) > _MAX_POINTER_BYTES:
-        raise CheckpointError(f"{pointer!r} should hold the name of a checkpoint directory, like 'epoch-00003'. "
-                              f"Received: {len(raw)} bytes that are not one. {_START_OVER}")
-    parts = name.replace("\\", "/").split("/")
-    if os.path.isabs(name) or len(parts) != 1 or name in ("", ".", "..") or "\0" in name:
+    one_entry = "/" not in name.replace("\\", "/") and name not in ("", ".", "..") and not os.path.isabs(name)
+    if not one_entry or "\0" in name or "\ufffd" in name or len(raw) > _MAX_POINTER_BYTES:
         raise CheckpointError(
             f"{pointer!r} should name a checkpoint directory inside {directory!r}, like 'epoch-00003'. "
             f"Received: {name[:200]!r}; a path elsewhere is not followed. {_START_OVER}"
@@ -274,8 +273,7 @@ def _parse_state(path: str) -> dict[str, Any]:
                               f"bytes). {_START_OVER}")
 
     def unique(pairs):
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
+        if len(keys := [k for k, _ in pairs]) != len(set(keys)):
             raise ValueError(f"a key appears twice: {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
         return dict(pairs)
 

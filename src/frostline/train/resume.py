@@ -127,9 +127,13 @@ _FIELDS = {
 }
 
 
+def _short(value: Any, limit: int = 200) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 def _refuse(path: str, field: str, expected: str, received: Any) -> CheckpointError:
-    shown = repr(received)
-    shown = shown if len(shown) <= 200 else shown[:200] + "..."
+    shown = _short(received)
     return CheckpointError(
         f"{os.path.join(path, STATE)!r}: expected {field} to be {expected}. Received: {field}={shown}. "
         "Nothing was restored. Start a new run instead (without resume=True, or without --resume)."
@@ -203,7 +207,10 @@ def check_state(path: str, state: dict[str, Any], config: dict[str, Any]) -> Non
             field of the configuration that differs.
     """
     _check_types(path, state)
-    differences = config_differences(state["config"], config)
+    try:
+        differences = config_differences(state["config"], config)
+    except RecursionError:
+        raise _refuse(path, "config", "the run's configuration", "(nested too deeply)") from None
     if differences:
         raise CheckpointError(
             f"The checkpoint in {os.path.dirname(path)!r} was written by a run with a "
@@ -249,9 +256,9 @@ def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]
         for key in sorted(set(stored) | set(current), key=str):
             where = f"{prefix}.{key}" if prefix else str(key)
             if key not in stored:
-                out.append(f"{where}: (absent) -> {current[key]!r}")
+                out.append(f"{where}: (absent) -> {_short(current[key])}")
             elif key not in current:
-                out.append(f"{where}: {stored[key]!r} -> (absent)")
+                out.append(f"{where}: {_short(stored[key])} -> (absent)")
             else:
                 out.extend(config_differences(stored[key], current[key], where))
         return out
@@ -260,7 +267,7 @@ def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]
         for i, (a, b) in enumerate(zip(stored, current)):
             out.extend(config_differences(a, b, f"{prefix}[{i}]"))
         return out
-    return [] if stored == current else [f"{prefix}: {stored!r} -> {current!r}"]
+    return [] if stored == current else [f"{prefix}: {_short(stored)} -> {_short(current)}"]
 
 
 # ---- restoring -----------------------------------------------------------------------------
