@@ -221,9 +221,10 @@ class FineTune:
                 by the phases.
 
         Raises:
-            CheckpointError: with `resume=True`, when there is no checkpoint or it was
+            CheckpointError: with `resume=True`, when there is no checkpoint, it was
                 written by a run with a different configuration (the message lists
-                which fields differ).
+                which fields differ), or a file of it fails its checks (nothing is
+                restored then); and when another run holds the `checkpoint_dir`.
             FrostlineTypeError, FrostlineValueError, DistributionError: before
                 anything runs or is written, for what `check` refuses.
             NotCacheable: for a phase whose `cache="memory"` or `"disk"` cannot apply.
