@@ -107,6 +107,7 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     >>> len(model.optimizer.variables)  # iterations, learning rate, 2 x 2 moments of b
     6
     """
+    _keep_across_compile(model)
     key = _sync_key(model)
     stale_optimizer = _stale_optimizer(model)
     has_functions = any(getattr(model, name, None) is not None for name in traced_functions(model))
@@ -127,6 +128,22 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
         state.restore()
         raise
     return True
+
+
+def _keep_across_compile(model: keras.layers.Layer) -> None:
+    """For a model with learning-rate multipliers, makes its `compile` sync after it, so
+    that an optimizer given later (compiled after the plan, recompiled, compiled after
+    `fl.load_model(compile=False)`) gets the multipliers too."""
+    if "compile" in vars(model) or not model_lr_multipliers(model):
+        return
+    compile_of_class = type(model).compile
+
+    def compile(*args, **kwargs):
+        compile_of_class(model, *args, **kwargs)
+        sync(model)
+
+    compile.__doc__ = compile_of_class.__doc__
+    model.compile = compile
 
 
 def _rebuild_optimizer(model: keras.layers.Layer, stash: dict | None) -> None:
