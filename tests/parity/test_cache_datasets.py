@@ -191,7 +191,10 @@ def test_an_infinite_dataset_is_plain_under_auto_and_an_error_before_training_un
         run.fit(cycle(), verbose=0)
     assert all(np.array_equal(a, numpy(v)) for a, v in zip(start, m.weights))
     _, _, line = fit(cycle(), steps_per_epoch=N // BATCH + 1, shuffle=False)  # windows that do not line up with the cycle
-    assert line.startswith("off, plain fit: the generator gives different samples on two passes"), line
+    assert line == ("off, plain fit: two windows of steps_per_epoch=4 batches of the generator hold different "
+                    "samples: steps_per_epoch does not span whole cycles of the data (make it the number of batches "
+                    "in one cycle), or the data is random (a random map function or augmentation: pass "
+                    "Phase(cache_views=K) to cache K passes of it)."), line
 
 
 def test_cache_views_computes_augmented_views_through_the_frozen_part_in_inference_mode():
@@ -264,3 +267,55 @@ def test_cache_views_with_nothing_random_in_front_is_refused_before_training():
     with pytest.raises(fl.FrostlineValueError, match="the PyDataset gave the same samples on every pass"):
         run.fit(Batches(), verbose=0, shuffle=False)
     assert all(np.array_equal(a, numpy(v)) for a, v in zip(start, m.weights))
+
+
+def _two_outputs() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6,), name="a")
+    h = keras.Sequential([keras.layers.Dense(5, activation="tanh", name="dense")], name="base")(inputs)
+    return keras.Model(inputs, {"cls": keras.layers.Dense(3, name="cls")(h), "reg": keras.layers.Dense(1, name="reg")(h)})
+
+
+class _WeightedDict(keras.utils.PyDataset):
+    """Batches of (x, {cls, reg} labels, {cls, reg} sample weights), in order."""
+
+    def __init__(self, x, y, weights):
+        super().__init__()
+        self.x, self.y, self.weights = x, y, weights
+
+    def __len__(self):
+        return len(self.x) // BATCH
+
+    def __getitem__(self, i):
+        rows = slice(i * BATCH, (i + 1) * BATCH)
+        return self.x[rows], {k: v[rows] for k, v in self.y.items()}, {k: v[rows] for k, v in self.weights.items()}
+
+
+@pytest.mark.parametrize("kind", ["arrays", "PyDataset"])
+def test_labels_and_sample_weights_as_dicts_are_cached_and_train_what_plain_fit_trains(kind):
+    x = X.reshape(N, -1)[:, :6]
+    y = {"cls": Y, "reg": RNG.normal(size=(N, 1)).astype("float32")}
+    weights = {"cls": np.linspace(0.1, 2.0, N).astype("float32"), "reg": np.ones(N, "float32")}
+    loss = {"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "reg": "mse"}
+    data = ((x, y), dict(batch_size=BATCH, sample_weight=weights)) if kind == "arrays" else (
+        (_WeightedDict(x, y, weights),), {})
+    plain = _two_outputs()
+    start = plain.get_weights()
+    plain.get_layer("base").trainable = False
+    plain.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+    plain.fit(*data[0], epochs=3, shuffle=False, verbose=0, **data[1])
+    cached = _two_outputs()
+    cached.set_weights(start)
+    lines = []
+
+    class Lines(fl.FineTune):
+        def on_phase_begin(self, phase, info):
+            lines.append(info.cache_description)
+
+    Lines(cached, [fl.Phase("head", epochs=3, plan=fl.Plan().freeze("base"))], optimizer=keras.optimizers.Adam(1e-2),
+          loss=loss).fit(*data[0], shuffle=False, verbose=0, **data[1])
+    assert lines[0].startswith("memory, ")
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    moved = [not np.array_equal(a, w) for a, w in zip(plain.get_weights(), start)]
+    assert sum(moved) == 4  # the two heads' kernels and biases; the frozen base stayed

@@ -85,6 +85,17 @@ def _first_pass(passes: DataPasses, hashed: bool = True) -> tuple[Digests, Any]:
     return seen, first
 
 
+def _differs(passes: DataPasses) -> str:
+    """Why two passes that gave different samples are not cached."""
+    if passes.windowed:
+        return (f"two windows of steps_per_epoch={passes.steps} batches of the {passes.kind} hold different "
+                "samples: steps_per_epoch does not span whole cycles of the data (make it the number of batches "
+                "in one cycle), or the data is random (a random map function or augmentation: pass "
+                "Phase(cache_views=K) to cache K passes of it).")
+    return (f"the {passes.kind} gives different samples on two passes (a random map function or augmentation): "
+            "pass Phase(cache_views=K) to cache K passes of it.")
+
+
 def _write_pass(passes: DataPasses, front: keras.Model, store: Any, *, start: int, count: int,
                 dtype: list[np.dtype], expect: collections.Counter | None, digests_out: Digests) -> tuple[list, list]:
     """Computes one pass into rows `start ... start + count` of `store`; with `expect`,
@@ -97,8 +108,7 @@ def _write_pass(passes: DataPasses, front: keras.Model, store: Any, *, start: in
                 for d in digests_out.order[len(digests_out.order) - size:]:
                     expect[d] -= 1
                     if expect[d] < 0:
-                        raise Refused(f"the {passes.kind} gives different samples on two passes (a random map "
-                                      "function or augmentation): pass Phase(cache_views=K) to cache K passes of it.")
+                        raise Refused(_differs(passes))
             if position + size > start + count:
                 raise Refused(f"the {passes.kind} gives more samples on one pass than on another.")
             out = _outputs(front, x, dtype)

@@ -172,10 +172,15 @@ class DataPasses:
         self.transform = transform
         self._stream: Iterator | None = None
 
+    @property
+    def windowed(self) -> bool:
+        """Whether passes are windows of `steps_per_epoch` batches of one stream."""
+        return bool(self.steps) and (self.kind == "generator" or self.adapter.num_batches is None)
+
     def next_pass(self) -> Iterator[Batch]:
         """The batches of the next pass."""
         self.adapter.on_epoch_begin()
-        if self.steps and (self.kind == "generator" or self.adapter.num_batches is None):
+        if self.windowed:
             if self._stream is None:
                 self._stream = iter(self.adapter.get_numpy_iterator())
             batches: Iterator = (next(self._stream, None) for _ in range(self.steps))

@@ -102,7 +102,7 @@ def reason_not_to_cache(model: keras.Model, inputs: FitInputs, *, epochs: int, p
         return "the run spans several processes, and Keras's predict cannot gather activations across hosts."
     # A keras-hub causal LM's preprocessor makes the labels from x.
     preprocesses = preprocessor_of(model) is not None
-    labels = isinstance(inputs.y, np.ndarray) or (inputs.y is None and preprocesses)
+    labels = is_arrays(inputs.y) or (inputs.y is None and preprocesses)
     if isinstance(inputs.x, list) and inputs.x and not isinstance(inputs.x[0], np.ndarray):
         return "the data is a Python list: pass a NumPy array (np.array(x)) to cache."
     dataset = data_kind(inputs.x) is not None

@@ -238,7 +238,7 @@ class CachedBatches(keras.utils.PyDataset):
         y = None if self.y is None else keras.tree.map_structure(lambda a: a[rows], self.y)
         if self.sample_weight is None:
             return x, y
-        return x, y, self.sample_weight[rows]
+        return x, y, keras.tree.map_structure(lambda a: a[rows], self.sample_weight)
 
     @property
     def view(self) -> int:

@@ -88,7 +88,8 @@ class Phase:
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
         if self.cache not in _CACHE_MODES:
             raise FrostlineValueError(
-                f"Phase {self.name!r}: expected cache='auto', 'memory', 'disk' or False. Received: cache={self.cache!r}"
+                f"Phase {self.name!r}: expected cache='auto' (or True), 'memory', 'disk' or False. "
+                f"Received: cache={self.cache!r}"
             )
         if self.cache is True:
             object.__setattr__(self, "cache", "auto")
