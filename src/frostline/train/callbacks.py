@@ -15,6 +15,7 @@ import numpy as np
 
 from frostline import _keras
 from frostline.train.log import RunLog
+from frostline.train.randomness import capture_random_state, restore_random_state
 
 __all__ = ["ForwardEvents", "PhaseStop", "RecordEpochs", "Reseed"]
 
@@ -73,25 +74,36 @@ class ForwardEvents(keras.callbacks.Callback):
 
 
 class Reseed(keras.callbacks.Callback):
-    """Seeds every random generator from (seed, epoch) as each epoch begins, so that an
-    epoch's shuffling and dropout do not depend on how the run got there (a resumed
-    run draws what the uninterrupted one drew).
+    """Sets the global random generators as each epoch begins: first, in a run resumed
+    inside a phase, as the checkpoint found them when its epoch ended (what `fit` drew
+    while it started is overwritten, as the uninterrupted run drew nothing there); then,
+    with a seed, from (seed, epoch). Either way a resumed run draws the shuffling and
+    dropout the uninterrupted one drew.
 
     Args:
-        seed: The run's seed.
+        seed: The run's seed, or None: no reseeding.
+        restore: A `capture_random_state()` from the checkpoint, put back as the first
+            epoch begins. Defaults to None.
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int | None, *, restore: dict[str, Any] | None = None):
         super().__init__()
         self.seed = seed
+        self.restore = restore
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self.restore is not None:
+            restore_random_state(self.restore)
+            self.restore = None
+        if self.seed is None:
+            return
         derived = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0] % (2**31 - 1))
         keras.utils.set_random_seed(derived)
 
 
 class RecordEpochs(keras.callbacks.Callback):
-    """Keeps every epoch's logs in a `RunLog` and, given a writer, writes a checkpoint.
+    """Keeps every epoch's logs in a `RunLog` and, given a writer, writes a checkpoint
+    with the global random states the next epoch draws from (`capture_random_state`).
 
     Args:
         log: The run's `RunLog`.
@@ -129,4 +141,5 @@ class RecordEpochs(keras.callbacks.Callback):
             phase_start_epoch=self.phase_start_epoch, phase_start_iterations=self.phase_start_iterations,
             phase_finished=stopped or epoch + 1 >= self.phase_start_epoch + self.phase_epochs,
         )
+        state["random_state"] = capture_random_state()
         self.write_checkpoint(f"epoch-{epoch + 1:05d}", state)

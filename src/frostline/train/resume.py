@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from frostline.model.tree import LayerTree
 from frostline.train.checkpoint import FILES, STATE, Checkpoint, read_latest, verify_checkpoint
 from frostline.train.log import RunLog
 from frostline.train.phase import Phase
+from frostline.train.randomness import check_random_state, inexact_inputs, restore_random_state
 
 __all__ = ["ResumePoint", "check_state", "config_differences", "load_into", "loss_description",
            "optimizer_description", "restore", "run_config"]
@@ -207,6 +209,8 @@ def check_state(path: str, state: dict[str, Any], config: dict[str, Any]) -> Non
             field of the configuration that differs.
     """
     _check_types(path, state)
+    if "random_state" in state and (problem := check_random_state(state["random_state"])) is not None:
+        raise _refuse(path, "random_state", problem, state["random_state"])
     try:
         differences = config_differences(state["config"], config)
     except RecursionError:
@@ -285,6 +289,9 @@ class ResumePoint:
             began (its schedule counts from there); None for a phase that begins anew.
         phase_start: For a phase cut short, the epoch it began with; else None.
         reports: The `Report` of every phase applied so far, by name.
+        random_state: For a phase cut short, the global random states to put back as
+            its next epoch begins (`capture_random_state`); else None (a checkpoint at
+            a phase's end has them put back by `restore`, before the next phase).
     """
 
     path: str | None
@@ -293,6 +300,7 @@ class ResumePoint:
     schedule_offset: int | None
     phase_start: int | None
     reports: dict[str, Report]
+    random_state: dict[str, Any] | None = None
 
     @classmethod
     def fresh(cls) -> ResumePoint:
@@ -327,8 +335,20 @@ def _load(checkpoint: Checkpoint, model: keras.Model, optimizer: keras.optimizer
     return reports
 
 
+def _warn_if_inexact(path: str, state: dict[str, Any], inputs: Any) -> None:
+    """Warns once when the resumed run cannot draw what the uninterrupted run drew."""
+    if "random_state" in state:
+        reason = None if inputs is None else inexact_inputs(inputs.x, shuffle=inputs.fit_kwargs.get("shuffle", True))
+    else:
+        reason = "the checkpoint has no random_state (it was written by an earlier version of frostline)"
+    if reason is not None:
+        warnings.warn(f"Resuming from {path!r}: the resumed run's data order (or random draws) will differ from "
+                      f"the uninterrupted run's, so its weights will too: {reason}. See 'Exact resume' in "
+                      "docs/checkpoints.md.", stacklevel=6)  # the caller of FineTune.fit
+
+
 def restore(directory: str, *, config: dict[str, Any], model: keras.Model, optimizer: keras.optimizers.Optimizer,
-            phases: Sequence[Phase], log: RunLog) -> ResumePoint:
+            phases: Sequence[Phase], log: RunLog, inputs: Any = None) -> ResumePoint:
     """Loads the last checkpoint in `directory` into the model, its optimizer and `log`,
     with the plans of the phases up to the checkpoint's applied.
 
@@ -344,6 +364,13 @@ def restore(directory: str, *, config: dict[str, Any], model: keras.Model, optim
         optimizer: Its optimizer (built here if it is not yet).
         phases: The run's phases.
         log: The run's log; takes the checkpoint's records and phases.
+        inputs: The run's `FitInputs`, to warn when they cannot be resumed exactly.
+            Defaults to None: no warning about the inputs.
+
+    The global random generators (Python's, NumPy's, torch's) are put back as
+    they were when the checkpoint was written, so the next epoch shuffles and drops out
+    as it did in the uninterrupted run: here for a checkpoint at a phase's end, as the
+    next epoch begins for one inside a phase (`ResumePoint.random_state`).
 
     Raises:
         CheckpointError: when there is no checkpoint, it does not verify, its state is
@@ -355,8 +382,12 @@ def restore(directory: str, *, config: dict[str, Any], model: keras.Model, optim
     checkpoint = verify_checkpoint(path, state)
     reports = _load(checkpoint, model, optimizer, phases)
     log.restore(state)
+    _warn_if_inexact(path, state, inputs)
+    random_state = state.get("random_state")
     phase, epoch = state["phase"], state["epoch_done"]
     if state["phase_finished"]:
+        if random_state is not None:  # as they were when the uninterrupted run went on to the next phase
+            restore_random_state(random_state)
         return ResumePoint(checkpoint.path, phase + 1, epoch, None, None, reports)
     return ResumePoint(checkpoint.path, phase, epoch, state["phase_start_iterations"], state["phase_start_epoch"],
-                       reports)
+                       reports, random_state)

@@ -61,7 +61,7 @@ class FineTune:
         loss: As in `model.compile`.
         metrics: As in `model.compile`. Defaults to None.
         checkpoint_dir: Where to write a checkpoint after every epoch (model and
-            optimizer variables, the run's position, plans, history and RNG seed),
+            optimizer variables, the run's position, plans, history, random states),
             atomically; `fit(..., resume=True)` continues from the last one. Defaults
             to None: no checkpoints.
         seed: Seeds Python, NumPy and the backend from (seed, epoch) at every epoch,
@@ -135,6 +135,7 @@ class FineTune:
         self._cache = CachePolicy(memory_limit=cache_memory_limit, directory=cache_dir,
                                   checkpoint_dir=self.checkpoint_dir, processes=self.distributed.processes)
         self._log = RunLog()
+        self._resume_random_state: dict[str, Any] | None = None  # put back as the resumed epoch begins
 
     def config(self, **fit_settings: Any) -> dict[str, Any]:
         """What a checkpoint must agree with to be resumed: phases, optimizer, loss,
@@ -298,11 +299,13 @@ class FineTune:
         self._log = RunLog(config=self.config(batch_size=call.inputs.batch_size, shuffle=shuffle))
         self._compile()
         self.distributed.place(self._state_variables(self.model))
+        self._resume_random_state = None
         if not resume:
             return ResumePoint.fresh()
         point = restore(self.checkpoint_dir, config=self._log.config, model=self.model, optimizer=self.optimizer,
-                        phases=self.phases, log=self._log)
+                        phases=self.phases, log=self._log, inputs=call.inputs)
         self.reports.update(point.reports)
+        self._resume_random_state = point.random_state
         if call.phase_lines:
             print(f"resuming from {point.path} after epoch {point.epoch}", flush=True)
         return point
@@ -352,8 +355,9 @@ class FineTune:
         record = RecordEpochs(self._log, phase=index, phase_name=phase.name, phase_start_epoch=start_epoch,
                               phase_epochs=phase.epochs, phase_start_iterations=iterations, stopper=stopper,
                               write_checkpoint=self._checkpoint_writer())
+        restore_random, self._resume_random_state = self._resume_random_state, None
         return (
-            ([Reseed(self.seed)] if self.seed is not None else [])
+            [Reseed(self.seed, restore=restore_random)]
             + [ForwardEvents(own, train_hooks=True), ForwardEvents(user)]
             + ([stopper] if stopper else [])
             + [record]
