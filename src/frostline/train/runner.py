@@ -65,7 +65,7 @@ class FineTune:
             atomically; `fit(..., resume=True)` continues from the last one. Defaults
             to None: no checkpoints.
         seed: Seeds Python, NumPy and the backend from (seed, epoch) at every epoch,
-            which makes runs, and resumed runs, repeatable. Defaults to None.
+            which makes runs repeatable (resumed ones repeat without it). Defaults to None.
         cache_memory_limit: With `Phase(cache="auto")`, activations up to this many
             bytes stay in memory, larger ones stream from disk. Defaults to
             1 GiB.
