@@ -1,11 +1,13 @@
 """Fuzzing every parser of outside input: selectors, plan data, plan YAML and the assets
 of `.keras` files. Any input either parses or raises a frostline error, each example
-within a second; globs agree with the regular expressions they replaced."""
+within a second and within 16 MiB of memory allocated while it runs; globs agree with the
+regular expressions they replaced."""
 
 import functools
 import json
 import re
 import shutil
+import tracemalloc
 import warnings
 import zipfile
 
@@ -36,17 +38,29 @@ def tree() -> fl.LayerTree:
     return fl.LayerTree(keras.Model(outer, keras.layers.Dense(2, name="head")(base(outer))))
 
 
+MEMORY_LIMIT = 16 * 2**20  # bytes a single example may allocate at its peak
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _built_tree():
     tree()  # built once, outside the time limit of the examples
 
 
-def parses_or_refuses(build):
-    """Runs `build()`; any exception must be a frostline error."""
+def parses_or_refuses(build, *, memory: bool = True):
+    """Runs `build()`; any exception must be a frostline error, and, with `memory`, what
+    it allocates at its peak stays under `MEMORY_LIMIT` (traced by `tracemalloc`, which
+    slows Python's allocations several times)."""
+    if memory:
+        tracemalloc.start()
     try:
         return build()
     except fl.FrostlineError:
         return None
+    finally:
+        if memory:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < MEMORY_LIMIT, f"an example allocated {peak:,} bytes at its peak"
 
 
 selectors = st.one_of(
@@ -65,9 +79,9 @@ selectors = st.one_of(
 def test_any_selector_parses_and_matches_in_bounded_time_or_is_refused(text):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Possible nested set", FutureWarning)  # re's own, for `re:[[`
-        selector = parses_or_refuses(lambda: fl.parse_selector(text))
-    if selector is not None:
-        parses_or_refuses(lambda: fl.resolve(fl.Plan().freeze(selector), tree()))
+        selector = parses_or_refuses(lambda: fl.parse_selector(text), memory=False)
+    if selector is not None:  # bounded by its length; the time limit is the bound that matters
+        parses_or_refuses(lambda: fl.resolve(fl.Plan().freeze(selector), tree()), memory=False)
 
 
 def reference_regex(pattern: str) -> str:
