@@ -13,23 +13,17 @@ passes: (hashing pass) + (hashing pass - reading pass).
 import argparse
 import os
 import tempfile
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from frostline.app.bench_scenes import Batches, Sizes, write_image_folder, bench_model  # noqa: E402
+from frostline.app.bench_scenes import Batches, Sizes, bench_model, timed, write_image_folder  # noqa: E402
+from frostline.app.train_job import image_folder_format  # noqa: E402
 from frostline.cache.compute import compute_dataset  # noqa: E402
 from frostline.cache.passes import DataPasses, Digests  # noqa: E402
 from frostline.cache.store import MemoryActivations  # noqa: E402
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _read(passes: DataPasses) -> None:
@@ -50,16 +44,16 @@ def measure(label: str, data, sizes: Sizes) -> None:
     dtype = [np.dtype("float32")]
     passes = DataPasses(data)
     _read(passes)  # warm: file caches, tf.data's first-iteration set-up
-    read = min(_seconds(lambda: _read(passes)) for _ in range(3))
-    hashed = min(_seconds(lambda: _hash(passes)) for _ in range(3))
+    read = min(timed(lambda: _read(passes)) for _ in range(3))
+    hashed = min(timed(lambda: _hash(passes)) for _ in range(3))
     make = lambda label_, shapes, count: MemoryActivations(shapes, dtype, count)  # noqa: E731
     front.predict_on_batch(np.zeros((sizes.batch_size, sizes.image_size, sizes.image_size, 3), "float32"))
-    compute = _seconds(lambda: compute_dataset(passes, front, shapes_of=lambda x: [(1280,)], dtype=dtype,
+    compute = timed(lambda: compute_dataset(passes, front, shapes_of=lambda x: [(1280,)], dtype=dtype,
                                                make_store=make, label="train"))
     base.trainable = False
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data, epochs=1, verbose=0)  # compiles
-    epoch = _seconds(lambda: model.fit(data, epochs=1, verbose=0))
+    epoch = timed(lambda: model.fit(data, epochs=1, verbose=0))
     check = hashed + (hashed - read)
     print(f"{label}: read a pass {read:.3f} s · read and hash a pass {hashed:.3f} s · cache computed "
           f"{compute:.2f} s · one epoch of plain fit {epoch:.2f} s · the check {check:.3f} s "
@@ -77,8 +71,7 @@ def main() -> None:
     x = rng.random((sizes.images, sizes.image_size, sizes.image_size, 3), dtype=np.float32)
     y = rng.integers(0, 5, sizes.images)
     measure("PyDataset", Batches(x, y, sizes.batch_size), sizes)
-    import importlib.util
-    fmt = "tf" if importlib.util.find_spec("tensorflow") else "grain"
+    fmt = image_folder_format()
     with tempfile.TemporaryDirectory() as folder:
         write_image_folder(folder, sizes)
         data = keras.utils.image_dataset_from_directory(folder, image_size=(sizes.image_size,) * 2,

@@ -18,7 +18,6 @@ data, and returns both times with the frostline phase's cache line:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import tempfile
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from frostline.app.train_job import image_folder_format
 from frostline.plan.plan import Plan
 from frostline.train.phase import Phase, PhaseInfo
 from frostline.train.runner import FineTune
@@ -195,8 +195,7 @@ def image_folder_scene(sizes: Sizes) -> SceneResult:
     with tempfile.TemporaryDirectory(prefix="frostline-bench-") as folder:
         write_image_folder(folder, sizes)
 
-        # As `frostline train` reads a folder: tf.data with TensorFlow, else grain.
-        fmt = "tf" if importlib.util.find_spec("tensorflow") else "grain" if importlib.util.find_spec("grain") else None
+        fmt = image_folder_format()  # as `frostline train` reads a folder
         if fmt is None:
             return SceneResult("image_folder", None, None, TARGETS["image_folder"],
                                note="skipped: image_dataset_from_directory needs TensorFlow or grain")

@@ -26,7 +26,7 @@ from frostline.train.distribute import data_parallel
 from frostline.train.phase import Phase
 from frostline.train.runner import FineTune
 
-__all__ = ["build_model", "load_data", "run_training", "validate_plans"]
+__all__ = ["build_model", "image_folder_format", "load_data", "run_training", "validate_plans"]
 
 
 def _build_base(config: TrainConfig) -> keras.Model:
@@ -84,6 +84,12 @@ def build_model(config: TrainConfig) -> keras.Model:
         ) from None
 
 
+def image_folder_format() -> str | None:
+    """The `format` of `keras.utils.image_dataset_from_directory` this machine can read an
+    image folder with: "tf" with TensorFlow, else "grain" with grain, else None."""
+    return "tf" if importlib.util.find_spec("tensorflow") else "grain" if importlib.util.find_spec("grain") else None
+
+
 def load_data(config: TrainConfig) -> tuple[Any, Any, Any]:
     """`(x, y, validation_data)` for `fit`, from a `.npz` file or an image folder."""
     data = config.data
@@ -101,7 +107,7 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, Any]:
             cut = int(round(len(x) * (1 - data.validation_split)))
             x, y, validation = x[:cut], y[:cut], (x[cut:], y[cut:])
         return x, y, validation
-    fmt = "tf" if importlib.util.find_spec("tensorflow") else "grain" if importlib.util.find_spec("grain") else None
+    fmt = image_folder_format()
     if fmt is None:
         raise ConfigError("data.images: reading an image folder needs TensorFlow or grain: pip install grain")
     size = tuple(data.image_size or tuple(config.base.input_shape or (256, 256))[:2])
