@@ -28,6 +28,7 @@ from frostline.errors import (  # noqa: E402
     NoStoredPlan,
     NotCacheable,
     PlanError,
+    SharedLayerError,
     StaleTrainableError,
     TrainableSetMismatch,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Rule",
     "RuleMatch",
     "Selector",
+    "SharedLayerError",
     "StaleTrainableError",
     "TrainableSetMismatch",
     "Unfreeze",

@@ -155,6 +155,19 @@ class NoStoredPlan(FrostlineError, LookupError):
     """A `.keras` file that holds no frostline plan (it was saved without `fl.apply`)."""
 
 
+class SharedLayerError(FrostlineError, RuntimeError):
+    """Another compiled model shares layers with the one being changed, and the change
+    cannot take effect on it too (its optimizer cannot be rebuilt); nothing was changed.
+
+    Attributes:
+        models: The names of the models concerned.
+    """
+
+    def __init__(self, message: str, models: list[str]):
+        super().__init__(message)
+        self.models = models
+
+
 class TrainableSetMismatch(FrostlineError, RuntimeError):
     """Keras did not train exactly the resolved variables after frostline set the flags;
     the flags were restored. A bug to report: the message names the variables."""

@@ -11,7 +11,8 @@ from frostline import _keras
 from frostline.apply.adapters import add_adapters, remove_adapters
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.recording import record_plan
-from frostline.apply.sync import CompiledState, sync, untangle_optimizer_buffers
+from frostline.apply.sharing import LayerFlags
+from frostline.apply.sync import CompiledState, sync, sync_with_sharing, untangle_optimizer_buffers
 from frostline.errors import FrostlineTypeError, TrainableSetMismatch
 from frostline.inspect.report import Report
 from frostline.model.adapters import lora_rank
@@ -86,7 +87,8 @@ def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Repo
     `model.trainable_weights` is exactly the resolved set, the selected layers run in the
     resolved mode, and on a compiled model the next `fit` trains exactly that set with
     the optimizer state kept (see `sync`): no recompiling, also from a callback between
-    epochs. After any error the flags, modes and optimizer are exactly as they were.
+    epochs. Other compiled models that share a changed layer are synced too. After any
+    error the flags, modes and optimizers are exactly as they were.
 
     Args:
         model: A Keras model (Sequential, Functional or subclassed) or layer.
@@ -100,6 +102,8 @@ def apply(model: keras.layers.Layer, plan: Plan, *, strict: bool = True) -> Repo
     Raises:
         PlanError: if the plan cannot be resolved against this model.
         FrostlineTypeError: if `plan` is not a `Plan`.
+        SharedLayerError: if another compiled model shares a changed layer and its
+            optimizer cannot be rebuilt (the message names it).
 
     Example:
 
@@ -124,8 +128,10 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
     tree = LayerTree(model)
     resolution = resolve(plan, tree, strict=strict)
     flags = FlagSnapshot(tree)
+    layer_flags = LayerFlags(tree)
     compiled = CompiledState(model)
     adapted: list = []
+    others: list = []  # the CompiledState of other compiled models synced too
     try:
         if resolution.adapters:
             # New adapter variables: resolve again so that the rules decide them too.
@@ -135,7 +141,8 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
         _write(resolution)
         _check_trainable_set(model, resolution)
         if adapted or FlagSnapshot(tree) != flags:
-            sync(model, _stash=stash)
+            changed = LayerFlags(LayerTree(model)).changed_since(layer_flags)
+            sync_with_sharing(model, changed, stash=stash, undo=others)
         else:  # nothing changed, nothing to retrace
             untangle_optimizer_buffers(model)
         if record:
@@ -144,6 +151,8 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
         remove_adapters(adapted)
         flags.restore()
         compiled.restore()
+        for state in others:
+            state.restore()
         raise
     return Report(LayerTree(model), resolution)
 

@@ -7,9 +7,10 @@ import keras
 from frostline import _keras, _state
 from frostline.apply.multipliers import install_lr_multipliers, lr_multipliers_installed, model_lr_multipliers
 from frostline.apply.optimizer import OptimizerSnapshot, migrate_optimizer, optimizer_variables_match
+from frostline.apply.sharing import sync_sharing
 from frostline.model.modes import is_forced_inference
 
-__all__ = ["CompiledState", "sync", "traced_functions", "untangle_optimizer_buffers"]
+__all__ = ["CompiledState", "sync", "sync_model", "sync_with_sharing", "traced_functions", "untangle_optimizer_buffers"]
 
 _FUNCTIONS = ("train_function", "test_function", "predict_function")
 
@@ -84,15 +85,21 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     `generate_function`), are made anew, so that they are traced for the new set; that
     works between epochs of a running `fit` too.
 
+    Other compiled models that share layers with this one (two models on one base, or
+    a compiled model this one is nested in) are synced the same way, since the flags
+    of a shared layer hold for all of them.
+
     Args:
         model: A Keras model, compiled or not (an uncompiled model needs nothing).
 
     Returns:
-        True if anything had to change.
+        True if anything had to change on `model`.
 
     Raises:
         FrostlineTypeError: if the optimizer cannot be rebuilt (a custom optimizer
             without a faithful `get_config`). The model is then exactly as it was.
+        SharedLayerError: if that is so for another compiled model that shares a layer;
+            every model is then as it was.
 
     Example:
 
@@ -107,6 +114,29 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     >>> len(model.optimizer.variables)  # iterations, learning rate, 2 x 2 moments of b
     6
     """
+    return sync_with_sharing(model, _keras.all_layers(model), stash=_stash)
+
+
+def sync_with_sharing(model: keras.layers.Layer, layers: list, *, stash: dict | None = None,
+                      undo: list | None = None) -> bool:
+    """`sync_model(model)`, then the same for every other compiled model that contains
+    one of `layers` (see `frostline.apply.sharing`); all are put back if one fails.
+    The `CompiledState` of each other model synced is appended to `undo`, for a caller
+    that may still fail. Returns whether `model` had to change."""
+    state = CompiledState(model)
+    changed = sync_model(model, stash=stash)
+    try:
+        others = sync_sharing(model, layers, lambda other: sync_model(other, stash=stash), CompiledState)
+    except BaseException:
+        state.restore()
+        raise
+    if undo is not None:
+        undo.extend(others)
+    return changed
+
+
+def sync_model(model: keras.layers.Layer, *, stash: dict | None = None) -> bool:
+    """`sync` for this model alone. Returns True if anything had to change."""
     _keep_across_compile(model)
     key = _sync_key(model)
     stale_optimizer = _stale_optimizer(model)
@@ -120,7 +150,7 @@ def sync(model: keras.layers.Layer, *, _stash: dict | None = None) -> bool:
     state = CompiledState(model)
     try:
         if stale_optimizer:
-            _rebuild_optimizer(model, _stash)
+            _rebuild_optimizer(model, stash)
         _reset_functions(model)
         untangle_optimizer_buffers(model)
         _state.model_state(model).sync_key = _sync_key(model)

@@ -14,7 +14,7 @@ from frostline import _keras
 from frostline.apply.apply import apply
 from frostline.apply.learning_rate import set_learning_rate
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
-from frostline.apply.sync import sync
+from frostline.apply.sync import sync_model
 from frostline.cache.policy import CachedPhase, CachePolicy, FitInputs
 from frostline.inspect.report import Report
 from frostline.train.callbacks import ForwardEvents, PhaseStop, RecordEpochs, Reseed
@@ -332,7 +332,7 @@ class FineTune:
                                    initial_epoch=epoch, callbacks=[*cached.callbacks, *callbacks],
                                    verbose=call.verbose)
             if cached.model is not None:
-                sync(self.model)  # the flags and optimizer order of the whole model again
+                sync_model(self.model)  # the flags and optimizer order of the whole model again
         epochs_run = epoch + len(result.epoch) - start_epoch
         self._log.phase_done(phase.name, start_epoch, epochs_run)
         stopped_early = bool(stopper and stopper.triggered)
@@ -384,7 +384,7 @@ class FineTune:
         remainder.compile(optimizer=self.optimizer, **compile_arguments(self.model, dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs)))
         # The optimizer in the remainder's variable order, state and multipliers kept.
         set_model_lr_multipliers(remainder, model_lr_multipliers(self.model))
-        sync(remainder)
+        sync_model(remainder)
         self.distributed.place(self._state_variables(remainder))
         return remainder
 
