@@ -30,6 +30,7 @@ from frostline.errors import (  # noqa: E402
     PlanError,
     SharedLayerError,
     StaleTrainableError,
+    StorageError,
     TrainableSetMismatch,
 )
 from frostline.inspect.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
@@ -84,6 +85,7 @@ __all__ = [
     "Selector",
     "SharedLayerError",
     "StaleTrainableError",
+    "StorageError",
     "TrainableSetMismatch",
     "Unfreeze",
     "VariableDecision",

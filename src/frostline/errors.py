@@ -127,6 +127,11 @@ class MissingFileError(FrostlineError, FileNotFoundError):
     """A file or folder frostline was asked to read does not exist."""
 
 
+class StorageError(FrostlineError, OSError):
+    """A run could not write its cache or checkpoint (a full disk, a read-only folder);
+    `errno` is the operating system's. The phase was undone (see `FineTune.fit`)."""
+
+
 class BackendUnavailable(FrostlineError, ImportError):
     """`KERAS_BACKEND` names a backend whose package is not installed."""
 

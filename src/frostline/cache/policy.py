@@ -259,6 +259,8 @@ class CachePolicy:
                     cached = self._on_disk(split, inputs, dtype, cleanup)
             except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
                 cleanup.close()  # the disk files made so far
+                if isinstance(e, OSError) and mode != "auto":
+                    raise  # a full disk: the phase says so (frostline.train.faults)
                 reason = _unexpected(e, "computed")
                 if mode != "auto":
                     raise NotCacheable(f"{what} asks for cache={mode!r}, which failed: {reason}") from e
@@ -287,6 +289,8 @@ class CachePolicy:
             except FrostlineValueError:
                 raise
             except Exception as e:  # noqa: BLE001 - "auto" never fails where plain fit works
+                if isinstance(e, OSError) and mode != "auto":
+                    raise  # a full disk: the phase says so (frostline.train.faults)
                 reason = _unexpected(e, "computed")
             else:
                 yield CachedPhase(split.remainder, FitInputs(result.train, None, result.validation, None,

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["compile_arguments", "with_carried_metrics"]
+__all__ = ["compile_arguments", "compile_remainder", "with_carried_metrics"]
 
 
 def _compile_config(model: keras.Model, keys: tuple[str, ...] | None = None) -> dict[str, Any] | None:
@@ -40,3 +40,17 @@ def compile_arguments(model: keras.Model, fallback: dict[str, Any]) -> dict[str,
     phase computes and logs what plain `fit` does; `fallback` where Keras cannot
     serialize them."""
     return _compile_config(model) or fallback
+
+
+def compile_remainder(remainder: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                      fallback: dict[str, Any]) -> keras.Model:
+    """Compiles a cached phase's remainder with the whole model's optimizer, loss and
+    metrics, the optimizer put in the remainder's variable order with its state and
+    learning-rate multipliers kept."""
+    from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
+    from frostline.apply.sync import sync_model
+
+    remainder.compile(optimizer=optimizer, **compile_arguments(model, fallback))
+    set_model_lr_multipliers(remainder, model_lr_multipliers(model))
+    sync_model(remainder)
+    return remainder

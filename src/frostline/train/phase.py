@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import keras
 
+from frostline.cache.policy import FitInputs
 from frostline.errors import FrostlineTypeError, FrostlineValueError
 from frostline.inspect.report import Report
 from frostline.plan.plan import Plan
@@ -262,3 +263,13 @@ def phase_line(phase: Phase, info: PhaseInfo, *, devices: str = "") -> str:
         + ("epoch" if phase.epochs == 1 else "epochs")
         + (f" · {devices}" if devices else "")
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FitCall:
+    """The arguments of one `FineTune.fit` that every phase uses."""
+
+    inputs: FitInputs
+    user: keras.callbacks.CallbackList
+    verbose: str | int
+    phase_lines: bool

@@ -13,7 +13,6 @@ import keras
 from frostline import _keras
 from frostline.apply.apply import apply
 from frostline.apply.learning_rate import set_learning_rate
-from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.sync import sync_model
 from frostline.cache.policy import CachedPhase, CachePolicy, FitInputs
 from frostline.inspect.report import Report
@@ -22,22 +21,13 @@ from frostline.train.checkpoint import folder_lock, write_checkpoint
 from frostline.train.checks import check_run, checked_phases
 from frostline.train.distribute import DistributedRun
 from frostline.train.log import RunLog
-from frostline.train.phase import Phase, PhaseInfo, phase_line
-from frostline.train.compiling import compile_arguments, with_carried_metrics
+from frostline.train.phase import FitCall, Phase, PhaseInfo, phase_line
+from frostline.train.compiling import compile_remainder, with_carried_metrics
+from frostline.train.faults import PhaseUndo, phase_error
 from frostline.train.randomness import keep_global_random_state
 from frostline.train.resume import ResumePoint, optimizer_description, restore, run_config
 
 __all__ = ["FineTune"]
-
-
-@dataclasses.dataclass(frozen=True)
-class _FitCall:
-    """The arguments of one `fit` that every phase uses."""
-
-    inputs: FitInputs
-    user: keras.callbacks.CallbackList
-    verbose: str | int
-    phase_lines: bool
 
 
 class FineTune:
@@ -229,13 +219,16 @@ class FineTune:
             FrostlineTypeError, FrostlineValueError, DistributionError: before
                 anything runs or is written, for what `check` refuses.
             NotCacheable: for a phase whose `cache="memory"` or `"disk"` cannot apply.
+            StorageError: when a phase cannot write its cache or a checkpoint (a full
+                disk). Whatever stops a phase, it is undone first (flags, modes, learning
+                rate, optimizer as before it; see `frostline.train.faults`).
 
         Returns:
             A `keras.callbacks.History`; `history.phases` lists each phase's `name`,
             `start_epoch` and `epochs` run.
         """
         self.check(x, y, validation_data=validation_data, batch_size=batch_size, resume=resume, **fit_kwargs)
-        call = _FitCall(
+        call = FitCall(
             inputs=FitInputs(x, y, validation_data, batch_size, dict(fit_kwargs)),
             user=keras.callbacks.CallbackList(list(callbacks or []), model=self.model),
             verbose=verbose,
@@ -274,7 +267,7 @@ class FineTune:
                   batch_size=batch_size, resume=resume, checkpoint_dir=self.checkpoint_dir, fit_kwargs=fit_kwargs,
                   phases=self.phases)
 
-    def _run(self, call: _FitCall, resume: bool) -> keras.callbacks.History:
+    def _run(self, call: FitCall, resume: bool) -> keras.callbacks.History:
         point = self._start(call, resume)
         call.user.on_train_begin()
         logs: dict = {}
@@ -292,7 +285,7 @@ class FineTune:
         call.user.on_train_end(logs)
         return self._log.history(self.model)
 
-    def _start(self, call: _FitCall, resume: bool) -> ResumePoint:
+    def _start(self, call: FitCall, resume: bool) -> ResumePoint:
         """Compiles, places the variables and starts the log; restores the last
         checkpoint when resuming."""
         shuffle = call.inputs.fit_kwargs.get("shuffle", True)
@@ -310,8 +303,19 @@ class FineTune:
             print(f"resuming from {point.path} after epoch {point.epoch}", flush=True)
         return point
 
-    def _run_phase(self, index: int, call: _FitCall, *, start_epoch: int, epoch: int,
-                   offset: int | None) -> tuple[PhaseInfo, bool]:
+    def _run_phase(self, index: int, call: FitCall, **position: Any) -> tuple[PhaseInfo, bool]:
+        """`_phase` undone if it fails (see `frostline.train.faults`)."""
+        undo = PhaseUndo(self.model, self.optimizer)
+        try:
+            return self._phase(index, call, **position)
+        except BaseException as error:
+            undo.restore()
+            if (translated := phase_error(error, self.phases[index].name, self.checkpoint_dir)) is None:
+                raise
+            raise translated from error
+
+    def _phase(self, index: int, call: FitCall, *, start_epoch: int, epoch: int,
+               offset: int | None) -> tuple[PhaseInfo, bool]:
         """Runs one phase from `epoch`; returns its `PhaseInfo` and whether a callback
         of the user's ended the run."""
         phase = self.phases[index]
@@ -380,11 +384,8 @@ class FineTune:
         same optimizer."""
         if cached.model is None:
             return self.model
-        remainder = cached.model
-        remainder.compile(optimizer=self.optimizer, **compile_arguments(self.model, dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs)))
-        # The optimizer in the remainder's variable order, state and multipliers kept.
-        set_model_lr_multipliers(remainder, model_lr_multipliers(self.model))
-        sync_model(remainder)
+        remainder = compile_remainder(cached.model, self.model, self.optimizer,
+                                      dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs))
         self.distributed.place(self._state_variables(remainder))
         return remainder
 
