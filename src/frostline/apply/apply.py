@@ -11,7 +11,6 @@ from frostline import _keras
 from frostline.apply.adapters import add_adapters, remove_adapters
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.recording import record_plan
-from frostline.apply.sharing import LayerFlags
 from frostline.apply.sync import CompiledState, sync, sync_with_sharing, untangle_optimizer_buffers
 from frostline.errors import FrostlineTypeError, TrainableSetMismatch
 from frostline.inspect.report import Report
@@ -34,24 +33,36 @@ class FlagSnapshot:
 
     def __init__(self, tree: LayerTree):
         self._model = tree.model
-        self._layers = [(node.layer, node.layer.trainable, is_forced_inference(node.layer)) for node in tree]
-        self._variables = [(v, v.trainable) for node in tree for v in node.weights]
+        # Each layer with its own flag, its mode and its own variables' flags.
+        self._layers = [
+            (node.layer, node.layer.trainable, is_forced_inference(node.layer), [(v, v.trainable) for v in node.weights])
+            for node in tree
+        ]
         self._lr = model_lr_multipliers(tree.model)
 
     def restore(self) -> None:
         """Puts every flag back as it was when the snapshot was taken."""
-        for variable, flag in self._variables:
-            variable.trainable = flag
-        for layer, flag, inference in self._layers:
+        for _, _, _, variables in self._layers:
+            for variable, flag in variables:
+                variable.trainable = flag
+        for layer, flag, inference, _ in self._layers:
             # Not the public setter: it recurses into sublayers and would overwrite them.
             _keras.set_own_trainable(layer, flag)
             set_inference(layer, inference)
         set_model_lr_multipliers(self._model, self._lr)
 
+    def changed_layers(self, before: FlagSnapshot) -> list[keras.layers.Layer]:
+        """The layers whose own flag, mode or own variables' flags differ from `before`,
+        or that it did not have: what other models sharing them must be synced for."""
+        earlier = {id(layer): key for layer, key in before._layer_keys()}
+        return [layer for layer, key in self._layer_keys() if earlier.get(id(layer)) != key]
+
+    def _layer_keys(self) -> list[tuple[keras.layers.Layer, tuple]]:
+        return [(l, (f, i, tuple((id(v), t) for v, t in vs))) for l, f, i, vs in self._layers]
+
     def _key(self) -> tuple:
         return (
-            [(id(l), f, i) for l, f, i in self._layers],
-            [(id(v), f) for v, f in self._variables],
+            [(id(layer), key) for layer, key in self._layer_keys()],
             sorted((k, m) for k, (_, m) in self._lr.items()),
         )
 
@@ -128,7 +139,6 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
     tree = LayerTree(model)
     resolution = resolve(plan, tree, strict=strict)
     flags = FlagSnapshot(tree)
-    layer_flags = LayerFlags(tree)
     compiled = CompiledState(model)
     adapted: list = []
     others: list = []  # the CompiledState of other compiled models synced too
@@ -140,9 +150,9 @@ def _apply(model, plan: Plan, *, strict: bool, stash: dict | None, record: bool)
             resolution = resolve(plan, tree, strict=strict)
         _write(resolution)
         _check_trainable_set(model, resolution)
-        if adapted or FlagSnapshot(tree) != flags:
-            changed = LayerFlags(LayerTree(model)).changed_since(layer_flags)
-            sync_with_sharing(model, changed, stash=stash, undo=others)
+        written = FlagSnapshot(tree)
+        if adapted or written != flags:
+            sync_with_sharing(model, written.changed_layers(flags), stash=stash, undo=others)
         else:  # nothing changed, nothing to retrace
             untangle_optimizer_buffers(model)
         if record:

@@ -11,36 +11,14 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import keras
 
 from frostline import _keras
 from frostline.errors import SharedLayerError
-from frostline.model.modes import is_forced_inference
-from frostline.model.tree import LayerTree
 
-__all__ = ["LayerFlags", "compiled_models_sharing", "sync_sharing"]
-
-
-class LayerFlags:
-    """What another model can see of a change to a model's layers: each layer's own
-    `trainable` flag, its inference mode and its own variables' flags."""
-
-    def __init__(self, tree: LayerTree):
-        self._layers = {id(node.layer): (node.layer, _flags(node.layer)) for node in tree}
-
-    def changed_since(self, before: LayerFlags) -> list[keras.layers.Layer]:
-        """The layers whose flags differ from `before` (or that are new)."""
-        return [
-            layer for key, (layer, flags) in self._layers.items()
-            if key not in before._layers or before._layers[key][1] != flags
-        ]
-
-
-def _flags(layer: keras.layers.Layer) -> tuple:
-    trainable, _ = _keras.own_variables(layer)
-    return layer.trainable, is_forced_inference(layer), tuple((id(v), v.trainable) for v in trainable)
+__all__ = ["compiled_models_sharing", "shared_layer_error"]
 
 
 def compiled_models_sharing(model: keras.layers.Layer, layers: Iterable[keras.layers.Layer]) -> list[keras.Model]:
@@ -82,40 +60,14 @@ def _candidates(model: keras.layers.Layer, wanted: set[int]) -> list[weakref.ref
     return found
 
 
-def sync_sharing(model: keras.layers.Layer, layers: Iterable[keras.layers.Layer],
-                 sync: Callable[[keras.layers.Layer], bool], state: Callable) -> list:
-    """Syncs every other compiled model that contains one of `layers`.
-
-    Args:
-        model: The model that was changed (already synced).
-        layers: The layers whose flags changed.
-        sync: The function that syncs one model.
-        state: `CompiledState`, to put a model back.
-
-    Returns:
-        The `CompiledState` of each model synced, as it was before, for the caller to
-        restore should a later step fail.
-
-    Raises:
-        SharedLayerError: if one of them cannot be synced; every one synced here is then
-            put back, and the caller must put `model` back.
-    """
-    layers = list(layers)
-    done: list = []
-    for other in compiled_models_sharing(model, layers):
-        before = state(other)
-        try:
-            sync(other)
-        except Exception as e:
-            before.restore()
-            for earlier in reversed(done):
-                earlier.restore()
-            shared = sorted({l.name for l in _keras.all_layers(other)} & {l.name for l in layers})
-            raise SharedLayerError(
-                f"Model {other.name!r} is compiled and shares layers with {model.name!r} "
-                f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}), but the change cannot take "
-                f"effect on it: {e} Nothing was changed. Recompile {other.name!r} or delete it first.",
-                models=[other.name],
-            ) from e
-        done.append(before)
-    return done
+def shared_layer_error(other: keras.Model, model: keras.layers.Layer, layers: Iterable[keras.layers.Layer],
+                       error: Exception) -> SharedLayerError:
+    """The error for `other`, which shares some of `layers` with `model` and could not
+    be synced because of `error`."""
+    shared = sorted({l.name for l in _keras.all_layers(other)} & {l.name for l in layers})
+    return SharedLayerError(
+        f"Model {other.name!r} is compiled and shares layers with {model.name!r} "
+        f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}), but the change cannot take "
+        f"effect on it: {error} No model's optimizer was changed. Recompile {other.name!r} or delete it first.",
+        models=[other.name],
+    )

@@ -7,7 +7,7 @@ import keras
 from frostline import _keras, _state
 from frostline.apply.multipliers import install_lr_multipliers, lr_multipliers_installed, model_lr_multipliers
 from frostline.apply.optimizer import OptimizerSnapshot, migrate_optimizer, optimizer_variables_match
-from frostline.apply.sharing import sync_sharing
+from frostline.apply.sharing import compiled_models_sharing, shared_layer_error
 from frostline.model.modes import is_forced_inference
 
 __all__ = ["CompiledState", "sync", "sync_model", "sync_with_sharing", "traced_functions", "untangle_optimizer_buffers"]
@@ -125,13 +125,21 @@ def sync_with_sharing(model: keras.layers.Layer, layers: list, *, stash: dict | 
     that may still fail. Returns whether `model` had to change."""
     state = CompiledState(model)
     changed = sync_model(model, stash=stash)
+    done: list[CompiledState] = []
     try:
-        others = sync_sharing(model, layers, lambda other: sync_model(other, stash=stash), CompiledState)
+        for other in compiled_models_sharing(model, layers):
+            done.append(CompiledState(other))
+            try:
+                sync_model(other, stash=stash)
+            except Exception as e:
+                raise shared_layer_error(other, model, layers, e) from e
     except BaseException:
+        for earlier in reversed(done):
+            earlier.restore()
         state.restore()
         raise
     if undo is not None:
-        undo.extend(others)
+        undo.extend(done)
     return changed
 
 

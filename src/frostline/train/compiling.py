@@ -6,6 +6,9 @@ from typing import Any
 
 import keras
 
+from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
+from frostline.apply.sync import sync_model
+
 __all__ = ["compile_arguments", "compile_remainder", "with_carried_metrics"]
 
 
@@ -47,9 +50,6 @@ def compile_remainder(remainder: keras.Model, model: keras.Model, optimizer: ker
     """Compiles a cached phase's remainder with the whole model's optimizer, loss and
     metrics, the optimizer put in the remainder's variable order with its state and
     learning-rate multipliers kept."""
-    from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
-    from frostline.apply.sync import sync_model
-
     remainder.compile(optimizer=optimizer, **compile_arguments(model, fallback))
     set_model_lr_multipliers(remainder, model_lr_multipliers(model))
     sync_model(remainder)
