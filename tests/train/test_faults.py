@@ -121,6 +121,19 @@ def test_a_full_disk_under_a_disk_cache_is_a_storage_error_with_its_files_remove
     lines = done.stdout.splitlines()
     assert lines[0].startswith("errno 27 |"), done.stdout  # EFBIG, as ENOSPC would be 28
     assert "Phase 'tail' could not write" in lines[0] and "File too large" in lines[0]
-    assert "Its partial files were removed" in lines[0]
+    assert "Its partial files were removed" in lines[0] and "Free some space" in lines[0]
     assert lines[1] == "flags kept True"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_cache_dir_that_is_a_file_is_a_storage_error_that_says_which_folder_to_give(tmp_path):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    model = nested()
+    run = fl.FineTune(model, [fl.Phase("tail", epochs=2, plan=fl.Plan().freeze("base"), cache="disk")], loss="mse",
+                      cache_dir=not_a_folder)
+    flags = FlagSnapshot(fl.LayerTree(model))
+    with pytest.raises(fl.StorageError, match=r"Phase 'tail' could not write .*a folder this process can write to"):
+        run.fit(X, Y, batch_size=4, verbose=0)
+    assert FlagSnapshot(fl.LayerTree(model)) == flags
+    assert not_a_folder.read_text() == ""

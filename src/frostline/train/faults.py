@@ -12,6 +12,7 @@ removed; the last checkpoint, written after the last completed epoch, is untouch
 
 from __future__ import annotations
 
+import errno
 import os
 
 import keras
@@ -72,11 +73,13 @@ def phase_error(error: BaseException, phase_name: str, checkpoint_dir: str | Non
         state += f" The last checkpoint in {checkpoint_dir} is intact: fit(..., resume=True) continues from it."
     if isinstance(error, OSError) and not isinstance(error, FrostlineError):
         where = f" ({error.filename})" if error.filename else ""
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        advice = ("Free some space or give cache_dir= / checkpoint_dir= on another disk." if full
+                  else "Give cache_dir= / checkpoint_dir= a folder this process can write to.")
         return StorageError(
             error.errno,
             f"Phase {phase_name!r} could not write{where}: {os.strerror(error.errno) if error.errno else error}. "
-            f"Its partial files were removed. {state.removeprefix('frostline: ')} Free some space or give "
-            "cache_dir= / checkpoint_dir= on another disk.",
+            f"Its partial files were removed. {state.removeprefix('frostline: ')} {advice}",
         )
     error.add_note(state)
     return None
