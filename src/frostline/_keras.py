@@ -63,8 +63,7 @@ def set_own_trainable(layer: keras.layers.Layer, flag: bool) -> None:
 
 
 def call_takes_training(layer: keras.layers.Layer) -> bool:
-    """Whether the layer's `call` has a `training` argument. Relies on
-    `Layer._call_has_training_arg`, set when the layer is made."""
+    """Whether the layer's `call` has a `training` argument (`Layer._call_has_training_arg`)."""
     return bool(getattr(layer, "_call_has_training_arg", False))
 
 
@@ -77,6 +76,23 @@ def has_seed_generators(layer: keras.layers.Layer) -> bool:
 # ---- compiled models -----------------------------------------------------------------
 
 
+_COMPILE_ATTRIBUTES = ("optimizer", "compiled", "loss", "_compile_loss", "_compile_metrics", "_loss_tracker",
+                       "_jit_compile", "_run_eagerly", "stop_training", "_compiled_trainable_state",
+                       "steps_per_execution", "train_function", "test_function", "predict_function",
+                       "_compile_config")
+
+
+def compile_attributes(model: keras.Model) -> dict:
+    """What `Trainer.compile` sets (untracked) on a model, for `set_compile_attributes`."""
+    return {name: model.__dict__[name] for name in _COMPILE_ATTRIBUTES if name in model.__dict__}
+
+
+def set_compile_attributes(model: keras.Model, attributes: dict) -> None:
+    for name in _COMPILE_ATTRIBUTES:
+        model.__dict__.pop(name, None)
+    model.__dict__.update(attributes)
+
+
 def compiled_trainable_state(model: keras.Model) -> dict | None:
     """Keras's record of each layer's `trainable` flag at compile time, or None. Relies on
     `Trainer._compiled_trainable_state` (compared by fit to warn that flags changed)."""
@@ -86,11 +102,8 @@ def compiled_trainable_state(model: keras.Model) -> dict | None:
 def set_compiled_trainable_state(model: keras.Model, state: dict | None = None) -> None:
     """Sets that record; None records every layer's flag as it is now (the flags have
     taken effect, so fit need not warn). Does nothing on a model that never compiled."""
-    if not hasattr(model, "_compiled_trainable_state"):
-        return
-    if state is None:
-        state = {layer: layer.trainable for layer in all_layers(model)}
-    model._compiled_trainable_state = state
+    if hasattr(model, "_compiled_trainable_state"):
+        model._compiled_trainable_state = {x: x.trainable for x in all_layers(model)} if state is None else state
 
 
 # ---- variables -----------------------------------------------------------------------
@@ -169,15 +182,14 @@ def set_built_for(optimizer: keras.optimizers.Optimizer, variables: list, indice
 
 
 def built_for_indices(optimizer: keras.optimizers.Optimizer) -> dict:
-    """The key-to-index map of the variables a built optimizer was built for. Relies on
-    `BaseOptimizer._trainable_variables_indices`."""
+    """The key-to-index map of the variables a built optimizer was built for
+    (`BaseOptimizer._trainable_variables_indices`)."""
     return dict(optimizer._trainable_variables_indices)
 
 
 @contextlib.contextmanager
 def untracked() -> Iterator[None]:
-    """Attributes set inside are not tracked, as in Keras's own `build`. Relies on
-    `keras.src.utils.tracking.DotNotTrackScope`."""
+    """Attributes set inside are not tracked, as in Keras's own `build` (`DotNotTrackScope`)."""
     with DotNotTrackScope():
         yield
 
@@ -189,21 +201,18 @@ def learning_rate_value(optimizer: keras.optimizers.Optimizer) -> Any:
 
 
 def set_learning_rate_value(optimizer: keras.optimizers.Optimizer, value: Any) -> None:
-    """Replaces `BaseOptimizer._learning_rate` (a variable or a schedule) without going
-    through Keras's setter, which would make a new variable and change the optimizer's
-    structure."""
+    """Replaces `BaseOptimizer._learning_rate` (a variable or a schedule) without Keras's
+    setter, which would make a new variable and change the optimizer's structure."""
     optimizer.__dict__["_learning_rate"] = value
 
 
 def iterations(optimizer: keras.optimizers.Optimizer) -> int:
-    """The optimizer's step count. Relies on `BaseOptimizer._iterations`, which is
-    readable under every distribution strategy."""
+    """The optimizer's step count (`BaseOptimizer._iterations`: readable under every strategy)."""
     return int(keras.ops.convert_to_numpy(optimizer._iterations))
 
 
 def uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> bool:
-    """Whether decoupled weight decay applies to a variable. Relies on
-    `BaseOptimizer._use_weight_decay`."""
+    """Whether decoupled weight decay applies to a variable (`BaseOptimizer._use_weight_decay`)."""
     return bool(optimizer._use_weight_decay(variable))
 
 
@@ -213,8 +222,7 @@ def class_update_step(optimizer: keras.optimizers.Optimizer) -> Callable:
 
 
 def class_apply_weight_decay(optimizer: keras.optimizers.Optimizer) -> Callable:
-    """The class's own `_apply_weight_decay`, unbound. Relies on
-    `BaseOptimizer._apply_weight_decay(variables)`."""
+    """The class's own `BaseOptimizer._apply_weight_decay(variables)`, unbound."""
     return type(optimizer)._apply_weight_decay
 
 
@@ -232,11 +240,8 @@ def per_variable_update_step(optimizer: keras.optimizers.Optimizer) -> Callable 
 UPDATE_HOOKS = ("update_step", "_apply_weight_decay", "_backend_update_step")
 
 
-def install_update_hooks(
-    optimizer: keras.optimizers.Optimizer,
-    update_step: Callable,
-    apply_weight_decay: Callable,
-) -> None:
+def install_update_hooks(optimizer: keras.optimizers.Optimizer, update_step: Callable,
+                         apply_weight_decay: Callable) -> None:
     """Gives one optimizer its own `update_step` and `_apply_weight_decay` (and, on
     PyTorch's vectorised optimizers, the per-variable update loop). Set in the instance
     dict: Keras's and torch's `__setattr__` must not track them."""
@@ -324,11 +329,9 @@ def lora_base_variable(layer: keras.layers.Layer) -> keras.Variable | None:
 
 
 def merge_lora(layer: keras.layers.Layer) -> None:
-    """Folds a layer's adapters into its base weights, as Keras itself does when it saves
-    (the kernel or embeddings and, for a quantized layer, its new scale), then takes the
-    adapters out (`remove_lora`). Relies on `_get_kernel_with_merged_lora` /
-    `_get_embeddings_with_merged_lora` and on the variables `_kernel`, `kernel_scale`,
-    `kernel_zero`, `_embeddings`, `embeddings_scale`, `embeddings_zero`."""
+    """Folds a layer's adapters into its base weights as Keras does when it saves, then takes
+    them out (`remove_lora`). Relies on `_get_{kernel,embeddings}_with_merged_lora` and the
+    variables `_kernel`, `kernel_scale`, `kernel_zero` (or `_embeddings`, `embeddings_*`)."""
     if hasattr(layer, "_get_embeddings_with_merged_lora"):
         merged = layer._get_embeddings_with_merged_lora()
         names = ("_embeddings", "embeddings_scale", "embeddings_zero")
@@ -368,8 +371,7 @@ def is_multi_optimizer(optimizer: keras.optimizers.Optimizer) -> bool:
 
 def sub_optimizer_for(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> keras.optimizers.Optimizer:
     """The sub-optimizer a `MultiOptimizer` gives `variable`, added to its list as its own
-    `build` does when the map returns a new one. Relies on `_optimizer_map` and
-    `_inner_optimizers`."""
+    `build` does when the map returns a new one (`_optimizer_map`, `_inner_optimizers`)."""
     sub = optimizer._optimizer_map(variable)
     if not isinstance(sub, keras.optimizers.Optimizer):
         raise TypeError(f"The MultiOptimizer's map gave {sub!r} for {variable.path}, not an optimizer.")

@@ -137,3 +137,36 @@ def test_a_cache_dir_that_is_a_file_is_a_storage_error_that_says_which_folder_to
         run.fit(X, Y, batch_size=4, verbose=0)
     assert FlagSnapshot(fl.LayerTree(model)) == flags
     assert not_a_folder.read_text() == ""
+
+
+def test_a_first_phase_that_stops_leaves_the_model_compiled_as_before_fit():
+    model = nested()
+    own = keras.optimizers.SGD(0.5)
+    model.compile(optimizer=own, loss="mae")
+    model.fit(X, Y, batch_size=4, verbose=0)
+    flags, slots = FlagSnapshot(fl.LayerTree(model)), [id(v) for v in own.variables]
+    run = fl.FineTune(model, two_phases(), loss="mse")
+    with pytest.raises(ValueError):
+        run.fit(X, Y, batch_size=4, verbose=0, callbacks=[StopIn(1, ValueError("no"))])
+    assert model.optimizer is own and [id(v) for v in own.variables] == slots
+    assert FlagSnapshot(fl.LayerTree(model)) == flags
+    # It trains as the user compiled it: SGD on the mean absolute error, every layer.
+    base = model.get_layer("base")
+    kernel = keras.ops.convert_to_numpy(base.weights[0]).copy()
+    history = model.fit(X, Y, batch_size=4, verbose=0)
+    assert model.optimizer is own and "loss" in history.history
+    loss = float(keras.ops.convert_to_numpy(keras.ops.mean(keras.ops.abs(model.predict(X, verbose=0) - Y))))
+    assert model.evaluate(X, Y, verbose=0) == pytest.approx(loss, rel=1e-5)
+    assert not np.array_equal(keras.ops.convert_to_numpy(base.weights[0]), kernel)
+
+
+def test_a_first_phase_that_stops_leaves_an_uncompiled_model_uncompiled():
+    model = nested()
+    run = fl.FineTune(model, two_phases(), loss="mse")
+    with pytest.raises(KeyboardInterrupt):
+        run.fit(X, Y, batch_size=4, verbose=0, callbacks=[StopIn(0, "SIGINT")])
+    assert not model.compiled and not hasattr(model, "optimizer")  # as a model never compiled
+    with pytest.raises(ValueError, match="compile"):
+        model.fit(X, Y, verbose=0)
+    history = run.fit(X, Y, batch_size=4, verbose=0)  # the same run can start again
+    assert history.epoch == [0, 1, 2, 3] and model.optimizer is run.optimizer

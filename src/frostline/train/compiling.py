@@ -9,7 +9,7 @@ import keras
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.sync import sync_model
 
-__all__ = ["compile_arguments", "compile_remainder", "with_carried_metrics"]
+__all__ = ["compile_arguments", "compile_for_run", "compile_remainder", "with_carried_metrics"]
 
 
 def _compile_config(model: keras.Model, keys: tuple[str, ...] | None = None) -> dict[str, Any] | None:
@@ -54,3 +54,11 @@ def compile_remainder(remainder: keras.Model, model: keras.Model, optimizer: ker
     set_model_lr_multipliers(remainder, model_lr_multipliers(model))
     sync_model(remainder)
     return remainder
+
+
+def compile_for_run(model: keras.Model, optimizer: keras.optimizers.Optimizer, arguments: dict[str, Any]) -> None:
+    """Compiles the model with a run's optimizer and `arguments` (the metrics it was
+    compiled with carried over), unless it already is."""
+    if getattr(model, "optimizer", None) is optimizer and model.compiled:
+        return
+    model.compile(optimizer=optimizer, **with_carried_metrics(model, arguments))

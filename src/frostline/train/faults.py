@@ -8,6 +8,8 @@ the traced functions are as they were before the phase, LoRA adapters the phase 
 are taken out, and the plan it recorded on the model is forgotten. The weights and the
 optimizer's slot values stay where the last step left them; the phase's cache files are
 removed; the last checkpoint, written after the last completed epoch, is untouched.
+When the first phase a `fit` runs stops, the model is also compiled again as it was
+before that `fit` (with its own optimizer, or not at all).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ class PhaseUndo:
     Args:
         model: The model the run trains.
         optimizer: The run's optimizer.
+        compiled: For the first phase a `fit` runs, the model's compile attributes
+            before `fit` compiled it (`_keras.compile_attributes`), to put back too.
     """
 
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, compiled: dict | None = None):
         tree = LayerTree(model)
         self._model, self._optimizer = model, optimizer
         self._flags = FlagSnapshot(tree)
@@ -48,6 +52,7 @@ class PhaseUndo:
         self._plan = None if record is None else record.plan
         self._rate = _keras.learning_rate_value(optimizer)
         self._rate_value = np.array(self._rate.numpy()) if isinstance(self._rate, keras.Variable) else None
+        self._compiled_before_run = compiled
 
     def restore(self) -> None:
         """Puts all of it back."""
@@ -61,6 +66,8 @@ class PhaseUndo:
         _keras.set_learning_rate_value(self._optimizer, self._rate)
         if self._rate_value is not None:
             self._rate.assign(self._rate_value)
+        if self._compiled_before_run is not None:
+            _keras.set_compile_attributes(self._model, self._compiled_before_run)
 
 
 def phase_error(error: BaseException, phase_name: str, checkpoint_dir: str | None) -> BaseException | None:

@@ -22,7 +22,7 @@ from frostline.train.checks import check_run, checked_phases
 from frostline.train.distribute import DistributedRun
 from frostline.train.log import RunLog
 from frostline.train.phase import FitCall, Phase, PhaseInfo, phase_line
-from frostline.train.compiling import compile_remainder, with_carried_metrics
+from frostline.train.compiling import compile_for_run, compile_remainder
 from frostline.train.faults import PhaseUndo, phase_error
 from frostline.train.randomness import keep_global_random_state
 from frostline.train.resume import ResumePoint, optimizer_description, restore, run_config
@@ -38,11 +38,8 @@ class FineTune:
     Epochs are numbered across phases; the returned History has every epoch of every
     phase and, in `history.phases`, where each phase began.
 
-    Override points: a subclass may replace `on_phase_begin(phase, info)`, called
-    just before a phase's `fit` (its plan applied, its learning rate set, its cache
-    computed), and `on_phase_end(phase, info)`, called after it; `info` is a
-    `PhaseInfo`. By default the first prints the phase line and the cache line when
-    `fit` prints phase lines, and the second does nothing.
+    A subclass may replace the override points `on_phase_begin(phase, info)` and
+    `on_phase_end(phase, info)`; `info` is a `PhaseInfo`.
 
     Args:
         model: A Keras model.
@@ -268,7 +265,12 @@ class FineTune:
                   phases=self.phases)
 
     def _run(self, call: FitCall, resume: bool) -> keras.callbacks.History:
-        point = self._start(call, resume)
+        compiled = _keras.compile_attributes(self.model)  # put back if the first phase stops
+        try:
+            point = self._start(call, resume)
+        except BaseException:
+            _keras.set_compile_attributes(self.model, compiled)
+            raise
         call.user.on_train_begin()
         logs: dict = {}
         epoch = point.epoch
@@ -276,7 +278,8 @@ class FineTune:
             # A resumed phase began before the checkpoint; a new one begins now.
             resumed = index == point.phase and point.phase_start is not None
             start = point.phase_start if resumed else epoch
-            info, user_stopped = self._run_phase(index, call, start_epoch=start, epoch=epoch,
+            info, user_stopped = self._run_phase(index, call, compiled if index == point.phase else None,
+                                                 start_epoch=start, epoch=epoch,
                                                  offset=point.schedule_offset if resumed else None)
             epoch = start + info.epochs_run
             logs = info.logs if info.logs is not None else logs
@@ -290,7 +293,7 @@ class FineTune:
         checkpoint when resuming."""
         shuffle = call.inputs.fit_kwargs.get("shuffle", True)
         self._log = RunLog(config=self.config(batch_size=call.inputs.batch_size, shuffle=shuffle))
-        self._compile()
+        compile_for_run(self.model, self.optimizer, dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs))
         self.distributed.place(self._state_variables(self.model))
         self._resume_random_state = None
         if not resume:
@@ -303,9 +306,9 @@ class FineTune:
             print(f"resuming from {point.path} after epoch {point.epoch}", flush=True)
         return point
 
-    def _run_phase(self, index: int, call: FitCall, **position: Any) -> tuple[PhaseInfo, bool]:
+    def _run_phase(self, index: int, call: FitCall, compiled: dict | None, **position: Any) -> tuple[PhaseInfo, bool]:
         """`_phase` undone if it fails (see `frostline.train.faults`)."""
-        undo = PhaseUndo(self.model, self.optimizer)
+        undo = PhaseUndo(self.model, self.optimizer, compiled)
         try:
             return self._phase(index, call, **position)
         except BaseException as error:
@@ -388,13 +391,6 @@ class FineTune:
                                       dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs))
         self.distributed.place(self._state_variables(remainder))
         return remainder
-
-    def _compile(self) -> None:
-        if getattr(self.model, "optimizer", None) is self.optimizer and self.model.compiled:
-            return
-        self.model.compile(optimizer=self.optimizer,
-                           **with_carried_metrics(self.model, dict(loss=self.loss, metrics=self.metrics,
-                                                                   **self.compile_kwargs)))
 
     def _state_variables(self, model: keras.Model) -> list:
         return list(model.variables) + list(model.metrics_variables) + list(self.optimizer.variables)
