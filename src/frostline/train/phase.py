@@ -241,7 +241,9 @@ class PhaseInfo:
 
 def phase_line(phase: Phase, info: PhaseInfo, *, devices: str = "") -> str:
     """The line that says what a phase trains: its number and name, the totals, what is
-    frozen, the learning rate and its epochs.
+    frozen, the learning rate and its epochs: "up to 15 epochs", or for a phase resumed
+    part way (`info.epochs_run` epochs of it run before the interruption) "up to 12 more
+    epochs (3 of 15 run before the interruption)".
 
     Args:
         phase: The phase.
@@ -257,10 +259,14 @@ def phase_line(phase: Phase, info: PhaseInfo, *, devices: str = "") -> str:
     described = ", ".join(frozen) if frozen else "nothing"
     if partial:
         described += f"; partly frozen: {', '.join(partial)}"
+    done = min(info.epochs_run or 0, phase.epochs)
+    left = phase.epochs - done
+    epochs = f"up to {left} " + ("more " if done else "") + ("epoch" if left == 1 else "epochs")
+    if done:
+        epochs += f" ({done} of {phase.epochs} run before the interruption)"
     return (
         f"phase {info.index + 1}/{info.count} '{phase.name}': {info.report.totals_line} · "
-        f"frozen: {described} · learning rate {lr_text} · up to {phase.epochs} "
-        + ("epoch" if phase.epochs == 1 else "epochs")
+        f"frozen: {described} · learning rate {lr_text} · {epochs}"
         + (f" · {devices}" if devices else "")
     )
 
