@@ -83,10 +83,11 @@ def plot_history(history, path: str | os.PathLike[str], *, phases: Sequence | No
             label = phase["name"] + (f"\n{rates[phase['name']]}" if phase["name"] in rates else "")
             ax.text((start + end) / 2, 1.01, label, transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=8)
-        for key in (name, f"val_{name}"):
-            if key in logs:
-                ax.plot(epochs, logs[key], marker="o", markersize=3, label=key)
-                _mark_best(ax, epochs, logs[key], modes.get(key))
+        keys = [key for key in (name, f"val_{name}") if key in logs]
+        for key in keys:
+            ax.plot(epochs, logs[key], marker="o", markersize=3, label=key)
+        for key in keys:
+            _mark_best(ax, epochs, logs[key], modes.get(key))
         ax.set_ylabel(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -107,9 +108,11 @@ def _mark_best(ax, epochs: list[int], values: list[float], mode: str | None) -> 
     if mode is None or not known:
         return
     value, epoch = (min if mode == "min" else max)(known, key=lambda pair: pair[0])
+    low, high = ax.get_ylim()
+    above = value < (low + high) / 2  # the label on the side with room, inside the axes
     ax.plot([epoch], [value], marker="*", markersize=13, color="#b30000", zorder=5, linestyle="none")
-    ax.annotate(f"best {value:.3g}\nepoch {epoch}", (epoch, value), textcoords="offset points", xytext=(6, 6),
-                fontsize=7, color="#b30000")
+    ax.annotate(f"best {value:.4g}\nepoch {epoch}", (epoch, value), textcoords="offset points",
+                xytext=(7, 6 if above else -6), va="bottom" if above else "top", fontsize=7, color="#b30000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +206,9 @@ def plot_frost_lines(reports: Mapping[str, Report], path: str | os.PathLike[str]
     fig.suptitle("frost line per phase: layers from input (left) to output (right), bar height = parameters",
                  fontsize=10)
     fig.legend(handles=[Patch(color=c, label=s) for s, c in _STATE_COLORS.items()]
-               + [Patch(color=_FROST, label="frost line")], loc="upper right", ncol=4, fontsize=8,
-               bbox_to_anchor=(0.99, 0.965))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+               + [Patch(color=_FROST, label="frost line")], loc="upper center", ncol=4, fontsize=8,
+               bbox_to_anchor=(0.5, 0.95), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.91))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return os.fspath(path)
