@@ -2,51 +2,67 @@
 
 from frostline import _backend
 
-_backend.choose_default_backend()
-
-from frostline import _keras  # noqa: E402
-
-_keras.check_version()
-
-from frostline.apply.adapters import load_adapters, merge_adapters, save_adapters  # noqa: E402
-from frostline.apply.apply import apply, scoped  # noqa: E402
-from frostline.apply.guard import FreezeGuard  # noqa: E402
-from frostline.apply.learning_rate import PhaseSchedule  # noqa: E402
-from frostline.apply.loading import load_model  # noqa: E402
-from frostline.apply.sync import sync  # noqa: E402
-from frostline.cache.split import FrostSplit, frost_split  # noqa: E402
-from frostline.errors import (  # noqa: E402
-    BackendUnavailable,
-    CheckpointError,
-    ConfigError,
-    DistributionError,
-    FrostlineError,
-    FrostlineTypeError,
-    FrostlineValueError,
-    FrozenWeightsChanged,
-    MissingFileError,
-    NoStoredPlan,
-    NotCacheable,
-    PlanError,
-    SharedLayerError,
-    StaleTrainableError,
-    StorageError,
-    TrainableSetMismatch,
-)
-from frostline.inspect.audit import FreezeAudit, Fingerprint, fingerprint  # noqa: E402
-from frostline.inspect.report import LayerRow, Report, report  # noqa: E402
-from frostline.inspect.saving import applied_plan, load_plan  # noqa: E402
-from frostline.model.tree import LayerNode, LayerTree  # noqa: E402
-from frostline.plan.plan import Plan  # noqa: E402
-from frostline.plan.resolve import LayerDecision, Resolution, RuleMatch, VariableDecision, resolve  # noqa: E402
-from frostline.plan.rules import Freeze, Inference, LearningRate, Lora, Rule, Unfreeze, register_rule  # noqa: E402
-from frostline.plan.selectors import Selector, VariableSelector, parse_selector  # noqa: E402
-from frostline.train import schedules  # noqa: E402
-from frostline.train.distribute import data_parallel  # noqa: E402
-from frostline.train.phase import Phase, PhaseInfo  # noqa: E402
-from frostline.train.runner import FineTune  # noqa: E402
-
 __version__ = "0.1.0"
+
+if _backend.defers_keras():
+    # The `frostline` command: Keras is imported when a command needs it (`--help` and
+    # `--version` do not); then, or at the first public name asked for, this module runs
+    # again and imports everything below.
+    def __getattr__(name: str) -> object:
+        if name not in __all__:
+            raise AttributeError(f"module 'frostline' has no attribute {name!r}")
+        import importlib
+        import sys
+
+        _backend.import_keras()
+        importlib.reload(sys.modules[__name__])
+        return globals()[name]
+
+else:
+    _backend.choose_default_backend()
+
+    from frostline import _keras
+
+    _keras.check_version()
+
+    from frostline.apply.adapters import load_adapters, merge_adapters, save_adapters
+    from frostline.apply.apply import apply, scoped
+    from frostline.apply.guard import FreezeGuard
+    from frostline.apply.learning_rate import PhaseSchedule
+    from frostline.apply.loading import load_model
+    from frostline.apply.sync import sync
+    from frostline.cache.split import FrostSplit, frost_split
+    from frostline.errors import (
+        BackendUnavailable,
+        CheckpointError,
+        ConfigError,
+        DistributionError,
+        FrostlineError,
+        FrostlineTypeError,
+        FrostlineValueError,
+        FrozenWeightsChanged,
+        MissingFileError,
+        NoStoredPlan,
+        NotCacheable,
+        PlanError,
+        SharedLayerError,
+        StaleTrainableError,
+        StorageError,
+        TrainableSetMismatch,
+    )
+    from frostline.inspect.audit import FreezeAudit, Fingerprint, fingerprint
+    from frostline.inspect.report import LayerRow, Report, report
+    from frostline.inspect.saving import applied_plan, load_plan
+    from frostline.model.tree import LayerNode, LayerTree
+    from frostline.plan.plan import Plan
+    from frostline.plan.resolve import LayerDecision, Resolution, RuleMatch, VariableDecision, resolve
+    from frostline.plan.rules import Freeze, Inference, LearningRate, Lora, Rule, Unfreeze, register_rule
+    from frostline.plan.selectors import Selector, VariableSelector, parse_selector
+    from frostline.train import schedules
+    from frostline.train.distribute import data_parallel
+    from frostline.train.phase import Phase, PhaseInfo
+    from frostline.train.runner import FineTune
+
 
 __all__ = [
     "BackendUnavailable",

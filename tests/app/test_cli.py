@@ -135,3 +135,35 @@ def test_negative_depth_is_refused():
     result = run_cli("inspect", EXAMPLE, "--depth", "-1")
     assert result.returncode == 2
     assert "expected a depth of 0 or more" in result.stderr
+
+
+def test_inspect_shows_where_the_stored_state_and_plain_keras_differ_side_by_side(tmp_path):
+    import frostline as fl
+
+    base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d1"),
+                             keras.layers.BatchNormalization(name="bn")], name="base")
+    model = keras.Sequential([base, keras.layers.Dense(2, name="head")], name="m")
+    fl.apply(model, fl.Plan().inference("base/bn").lr("base/bn", 0.1).freeze("var:head/bias"))
+    model.save(tmp_path / "m.keras")
+    text = run_cli("inspect", tmp_path / "m.keras", "--depth", "0")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("stored frostline state: restored"))
+    assert lines[start].endswith("(and other modes), and differs here:")
+    assert [line.split() for line in lines[start + 1:]] == [
+        ["what", "layer", "stored", "in", "the", "file", "plain", "Keras", "loads"],
+        ["mode", "base/bn", "inference", "training"],
+        ["lr", "base/bn", "x0.1", "x1"],
+        ["state", "head", "partial", "(6", "of", "8)", "trainable"],
+    ]
+    data = json.loads(run_cli("inspect", tmp_path / "m.keras", "--json").stdout)
+    assert data["plain_keras"]["differences"][0] == {
+        "what": "mode", "layer": "base/bn", "stored": "inference", "plain_keras": "training"}
+    assert data["plain_keras"]["totals"]["trainable"] == data["totals"]["trainable"] + 2
+
+
+def test_inspect_of_a_file_saved_without_frostline_has_no_stored_state_line():
+    result = run_cli("inspect", EXAMPLE, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["stored_state"] is None and data["plain_keras"] is None

@@ -1,4 +1,8 @@
-"""The `frostline` command line: inspect, train, demo."""
+"""The `frostline` command line: inspect, train, demo, bench.
+
+Keras is imported only once a command needs it, so that `--help` and `--version` start at
+once and a backend that cannot start is one line, like every other error (see failures.py).
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,27 @@ import argparse
 import json
 import os
 import sys
+import traceback
 import warnings
 import zipfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import keras
+from frostline import _backend
+from frostline.app.failures import (
+    EXIT_BROKEN_PIPE, EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_STORAGE, CommandError, describe, one_line, storage_message,
+)
+from frostline.errors import CheckpointError, ConfigError, FrostlineError, PlanError
 
-from frostline.apply.apply import apply
-from frostline.apply.loading import restore_state
-from frostline.errors import FrostlineError, PlanError
-from frostline.inspect.saving import read_stored_state
-from frostline.plan.plan import Plan
-from frostline.inspect.report import Report, report
+if TYPE_CHECKING:
+    import keras
+
+    from frostline.inspect.report import Report
+    from frostline.plan.plan import Plan
 
 __all__ = ["main"]
 
-
-class CommandError(Exception):
-    """An error reported as one line on stderr with exit code 2."""
+DEBUG_VARIABLE = "FROSTLINE_DEBUG"
 
 
 def _load_model(path: str) -> keras.Model:
@@ -36,6 +43,8 @@ def _load_model(path: str) -> keras.Model:
             f"{path!r} is not a Keras model: a .keras file is a zip archive written by "
             "model.save(), and this file is not one"
         )
+    import keras
+
     try:
         return keras.saving.load_model(path)
     except Exception as e:  # any failure to load means: not a model we can read
@@ -44,6 +53,8 @@ def _load_model(path: str) -> keras.Model:
 
 
 def _load_plan(path: str) -> Plan:
+    from frostline.plan.plan import Plan
+
     if not os.path.isfile(path):
         raise CommandError(f"plan file not found: {path!r}")
     try:
@@ -52,9 +63,44 @@ def _load_plan(path: str) -> Plan:
         raise CommandError(f"{path}: {e}") from None
 
 
-def _restore_stored_state(model: keras.Model, path: str) -> str | None:
-    """Restores the frostline state stored in the file (warnings to stderr); returns a line
-    comparing it with what plain Keras loads, or None when the file stores none."""
+def _state_label(row) -> str:
+    return f"partial ({row.trainable_params:,} of {row.params:,})" if row.state == "partial" else row.state
+
+
+def _differences(plain: Report, stored: Report) -> list[dict[str, str]]:
+    """Per layer (containers left out: theirs follow from their layers), each of state,
+    mode, learning-rate multiplier and adapters where the stored state and plain Keras differ."""
+    plain_rows = {row.path: row for row in plain.rows}
+    rows = stored.rows
+    out = []
+    for i, row in enumerate(rows):
+        other = plain_rows.get(row.path)
+        if other is None or (i + 1 < len(rows) and rows[i + 1].depth > row.depth):
+            continue
+        for what, stored_value, plain_value in (
+            ("state", _state_label(row), _state_label(other)), ("mode", row.mode, other.mode),
+            ("lr", row.lr, other.lr), ("lora", row.lora, other.lora),
+        ):
+            if stored_value != plain_value:
+                out.append({"what": what, "layer": row.path, "stored": stored_value, "plain_keras": plain_value})
+    return out
+
+
+def _table(differences: list[dict[str, str]]) -> list[str]:
+    header = {"what": "what", "layer": "layer", "stored": "stored in the file", "plain_keras": "plain Keras loads"}
+    rows = [header] + differences
+    widths = {key: max(len(row[key]) for row in rows) for key in header}
+    return ["  " + "  ".join(row[key].ljust(widths[key]) for key in header).rstrip() for row in rows]
+
+
+def _restore_stored_state(model: keras.Model, path: str) -> tuple[str, list[str], dict[str, Any]] | None:
+    """Restores the frostline state stored in the file (warnings to stderr). Returns, for a
+    file that stores one, a line saying so, the table of where plain Keras differs, and the
+    same as data; None for a file without one."""
+    from frostline.apply.loading import restore_state
+    from frostline.inspect.report import report
+    from frostline.inspect.saving import read_stored_state
+
     try:
         state = read_stored_state(path)
     except FrostlineError as e:
@@ -68,16 +114,26 @@ def _restore_stored_state(model: keras.Model, path: str) -> str | None:
     for warning in caught:
         print(f"frostline inspect: warning: {warning.message}", file=sys.stderr)
     stored = report(model)
-    if (plain.trainable_params, [r.mode for r in plain.rows]) == (stored.trainable_params, [r.mode for r in stored.rows]):
-        return "stored frostline state: restored; plain keras.saving.load_model gives the same frozen set and modes"
-    return (f"stored frostline state: restored; plain keras.saving.load_model would give {plain.totals_line}"
-            + (" (and other modes)" if [r.mode for r in plain.rows] != [r.mode for r in stored.rows] else ""))
+    differences = _differences(plain, stored)
+    data = {"totals": plain.to_dict()["totals"], "differences": differences}
+    if not differences:
+        line = ("stored frostline state: restored; plain keras.saving.load_model gives the same frozen set, "
+                "modes, learning-rate multipliers and adapters")
+        return line, [], data
+    other_modes = any(d["what"] == "mode" for d in differences)
+    line = (f"stored frostline state: restored; plain keras.saving.load_model would give {plain.totals_line}"
+            + (" (and other modes)" if other_modes else "") + ", and differs here:")
+    return line, _table(differences), data
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    _backend.import_keras()
     plan = _load_plan(args.plan) if args.plan else None
+    from frostline.apply.apply import apply
+    from frostline.inspect.report import report
+
     model = _load_model(args.model)
-    stored_line = _restore_stored_state(model, args.model)
+    stored = _restore_stored_state(model, args.model)
     result: Report
     if plan is None:
         result = report(model)
@@ -91,29 +147,54 @@ def _inspect(args: argparse.Namespace) -> int:
         for warning in caught:
             print(f"frostline inspect: warning: {warning.message}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_dict() | {"stored_state": stored_line}, indent=2))
+        extra = {"stored_state": stored and stored[0], "plain_keras": stored and stored[2]}
+        print(json.dumps(result.to_dict() | extra, indent=2))
     else:
         print(result.to_string(max_depth=args.depth))
-        if stored_line:
-            print(stored_line)
+        if stored:
+            print("\n".join([stored[0], *stored[1]]))
     return 0
 
 
+def _progress(checkpoints: str) -> str:
+    """Where a stopped run can go on from: the epoch its last checkpoint was written after."""
+    from frostline.train.checkpoint import read_latest
+
+    try:
+        _, state = read_latest(checkpoints)
+    except (CheckpointError, OSError):
+        return "before its first epoch ended; nothing to resume, run it again"
+    return f"after epoch {state['epoch_done']}; continue with --resume"
+
+
 def _train(args: argparse.Namespace) -> int:
-    from frostline.errors import CheckpointError
-    from frostline.app.config import ConfigError, load_config
+    _backend.import_keras()
+    from frostline.app.config import load_config
     from frostline.app.train_job import run_training
 
     try:
         config = load_config(args.config)
-        files = run_training(config, resume=args.resume, verbose=0 if args.quiet else "auto")
-    except (ConfigError, CheckpointError) as e:
+    except ConfigError as e:
         raise CommandError(f"{args.config}: {e}") from None
+    checkpoints = os.path.join(config.output, "checkpoints")
+    try:
+        files = run_training(config, resume=args.resume, verbose=0 if args.quiet else "auto")
+    except ConfigError as e:
+        raise CommandError(f"{args.config}: {e}") from None
+    except CheckpointError as e:
+        raise CommandError(f"{args.config}: {e}", EXIT_CHECKPOINT) from None
+    except KeyboardInterrupt:
+        raise _Interrupted(f"interrupted {_progress(checkpoints)}") from None
+    except OSError as e:  # fl.StorageError too: the phase was undone, its checkpoints are intact
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CommandError(f"{storage_message(e, config.output)} The run stopped {_progress(checkpoints)}.", EXIT_STORAGE) from e
     print(f"wrote {config.output}: " + ", ".join(os.path.basename(p) for p in files.values()))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _backend.import_keras()
     from frostline.app.demo import run_demo
 
     try:
@@ -125,11 +206,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    _backend.import_keras()
     from frostline.app.bench import main as bench_main, memory_main
 
-    if args.what == "memory":
-        return memory_main(args.rest)
-    return bench_main(args.rest)
+    return memory_main(args.rest) if args.what == "memory" else bench_main(args.rest)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with what the command had done by then."""
 
 
 def _depth(text: str) -> int:
@@ -142,18 +226,45 @@ def _depth(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """`--version`: frostline's version and Keras's, read from the installed packages
+    (importing Keras to ask would take seconds)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print frostline's and Keras's versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import importlib.metadata
+
+        def installed(name: str) -> str:
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                return "not installed"
+
+        print(f"frostline {installed('frostline')} (keras {installed('keras')})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `frostline` command."""
     parser = argparse.ArgumentParser(
         prog="frostline",
         description="Transfer learning for Keras 3: see and plan what is frozen.",
+        epilog=f"Exit codes and errors: docs/cli.md. --debug (or {DEBUG_VARIABLE}=1) shows a traceback.",
     )
+    parser.add_argument("--version", action=_Version)
+    debug = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inspect = commands.add_parser(
-        "inspect",
+        "inspect", parents=[debug],
         help="print what is frozen in a saved model, optionally after a plan",
-        description="Load MODEL, apply PLAN in memory if given (the file is never "
-        "written), and print the report.",
+        description="Load MODEL, restore the frostline state it stores, apply PLAN in memory "
+        "if given (the file is never written), and print the report.",
     )
     inspect.add_argument("model", metavar="MODEL.keras", help="a model saved with model.save()")
     inspect.add_argument("--plan", metavar="PLAN.yaml", help="a plan to apply in memory")
@@ -169,11 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     train = commands.add_parser(
-        "train",
+        "train", parents=[debug],
         help="fine-tune in phases as a YAML config says",
         description="Validate CONFIG (nothing runs or is written if anything is wrong), "
         "then run its phases and write the output folder: model.keras, config.yaml, "
-        "history.csv, report.md, history.png, frostline.png and checkpoints/.",
+        "history.csv, report.md, history.png, frostline.png and checkpoints/. "
+        "Ctrl-C stops after undoing the phase it is in; --resume continues from the last checkpoint.",
     )
     train.add_argument("config", metavar="CONFIG.yaml")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -181,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     demo = commands.add_parser(
-        "demo",
+        "demo", parents=[debug],
         help="pretrain on digits 0-4, transfer to 5-9 with few labels, compare with scratch",
         description="Runs from nothing on the CPU: no download. Writes report.md, history.png, "
         "frostline.png and model.keras to --out. The last line printed is machine-readable.",
@@ -192,12 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer epochs, for a smoke test")
     demo.set_defaults(handler=_demo)
 
-    bench = commands.add_parser("bench", help="benchmarks: bench cache|memory [flags]", add_help=False)
-    bench.add_argument("what", choices=["cache", "memory"],
-                       help="cache: the activation cache against plain Keras; memory: a disk cache's peak memory")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(handler=_bench)
+    bench = commands.add_parser(
+        "bench", help="benchmarks: bench cache|memory [flags]",
+        description="The benchmarks of docs/performance.md; 'frostline bench cache --help' and "
+        "'frostline bench memory --help' list their flags.",
+    )
+    kinds = bench.add_subparsers(dest="what", required=True, metavar="BENCHMARK")
+    for name, text in (("cache", "the activation cache against plain Keras"),
+                       ("memory", "a disk cache's peak memory against plain Keras")):
+        # Its flags, --help too, are the benchmark's own: main passes them on as they are.
+        kinds.add_parser(name, help=text, add_help=False).set_defaults(handler=_bench)
     return parser
+
+
+def _debugging(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,13 +327,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: The arguments, without the program name. Defaults to `sys.argv[1:]`.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    prefix = f"frostline {args.command}"
     try:
         return args.handler(args)
-    except CommandError as e:
-        message = " ".join(str(e).split())  # one line, whatever the cause wrote
-        print(f"frostline {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # stdout's reader went away (`| head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush is quiet too
+        return EXIT_BROKEN_PIPE
+    except (KeyboardInterrupt, _Interrupted) as e:
+        if _debugging(args):
+            traceback.print_exception(e)
+        print(f"{prefix}: {e if isinstance(e, _Interrupted) else 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        failure = describe(e)
+        if _debugging(args):
+            # A CommandError says what its cause said in a line: the traceback is the cause's.
+            cause = (e.__cause__ or e.__context__) if isinstance(e, CommandError) else None
+            traceback.print_exception(cause or e)
+        print(f"{prefix}: error: {one_line(str(failure))}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":  # pragma: no cover
