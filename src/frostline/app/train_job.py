@@ -17,10 +17,12 @@ import numpy as np
 import yaml
 
 from frostline.app.config import TrainConfig
+from frostline.app.folder_data import fit_ready
+from frostline.app.outputs import write_report
 from frostline.app.plots import plot_frost_lines, plot_history
+from frostline.app.progress import progress_callbacks
 from frostline.apply.apply import scoped
 from frostline.errors import ConfigError, PlanError
-from frostline.inspect.report import report
 from frostline.train.checkpoint import read_latest
 from frostline.train.distribute import data_parallel
 from frostline.train.phase import Phase
@@ -194,8 +196,9 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     # Everything is valid: only now is anything written.
     out = config.output
     os.makedirs(out, exist_ok=True)
-    history = run.fit(x, y, validation_data=validation, batch_size=_fit_batch_size(config), verbose=verbose,
-                      resume=resume, phase_lines=True)
+    x, validation, data_settings = fit_ready(x, validation, batch_size=config.data.batch_size)
+    history = run.fit(x, y, validation_data=validation, batch_size=_fit_batch_size(config), verbose=0,
+                      callbacks=progress_callbacks(run, verbose), resume=resume, phase_lines=True, **data_settings)
     files = {
         "model": os.path.join(out, "model.keras"),
         "config": os.path.join(out, "config.yaml"),
@@ -209,19 +212,13 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
         yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
     _write_history_csv(history, files["history"])
     _write_report(model, history, run.reports, files["report"])
-    plot_history(history, files["history_plot"])
+    plot_history(history, files["history_plot"], phases=run.phases)
     plot_frost_lines(run.reports, files["frost_plot"])
     return files
 
 
 def _write_report(model: keras.Model, history, reports: dict, path: str) -> None:
-    with open(path, "w") as f:
-        f.write(f"# {model.name}\n\n")
-        for phase in history.phases:
-            f.write(f"- phase **{phase['name']}**: epochs {phase['start_epoch'] + 1}-"
-                    f"{phase['start_epoch'] + phase['epochs']}, {reports[phase['name']].totals_line}\n")
-        f.write("\n## After training\n\n")
-        f.write(report(model).to_markdown())
+    write_report(model, history, reports, path)
 
 
 def _write_history_csv(history, path: str) -> None:
