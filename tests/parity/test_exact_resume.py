@@ -1,8 +1,9 @@
 """Parity: a run stopped after an epoch and resumed with the default settings
 (`shuffle=True`, no `seed`) ends with the weights of the run that was not stopped.
 
-On TensorFlow, Keras shuffles arrays inside a tf.data pipeline whose state is not in the
-checkpoint: there the resumed run warns, and is exact with `shuffle=False`."""
+On TensorFlow, where Keras would shuffle arrays inside a tf.data pipeline whose state is
+not in the checkpoint, frostline keys their order by the run's shuffle seed; with
+`shuffle="batch"` Keras's own shuffle remains, and there the resumed run warns."""
 
 import random
 
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 import frostline as fl
+from frostline.cache.policy import FitInputs
+from frostline.train.shuffling import keyed_shuffle
 
 BACKEND = keras.backend.backend()
-SHUFFLE_IS_EXACT = BACKEND != "tensorflow"
 
 
 class Stop(keras.callbacks.Callback):
@@ -80,13 +82,13 @@ def scramble():
         tf.random.set_seed(12345)
 
 
-def run(kind, directory, *, cache=False, callbacks=(), resume=False, **fit_kwargs):
+def run(kind, directory, *, cache=False, callbacks=(), resume=False, seed=None, **fit_kwargs):
     model = build(kind)
     if resume:
         scramble()
     x, y = data(kind)
     fine_tune = fl.FineTune(model, phases(cache), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                            checkpoint_dir=directory)
+                            checkpoint_dir=directory, seed=seed)
     history = fine_tune.fit(x, y, batch_size=8, verbose=0, callbacks=list(callbacks), resume=resume, **fit_kwargs)
     return model, history
 
@@ -115,7 +117,6 @@ def assert_same(full, resumed):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-@pytest.mark.skipif(not SHUFFLE_IS_EXACT, reason="Keras shuffles arrays in tf.data on TensorFlow")
 @pytest.mark.parametrize("kind, cache, after", [("dropout", False, 4), ("dropout", "auto", 4), ("flip", False, 4),
                                                 ("dropout", "auto", 3)])
 def test_stopped_run_resumes_exactly_with_default_settings(kind, cache, after, tmp_path):
@@ -127,9 +128,48 @@ def test_stopped_run_resumes_exactly_without_shuffling(kind, tmp_path):
     assert_same(*stopped_and_resumed(kind, tmp_path, "auto", shuffle=False))
 
 
-@pytest.mark.skipif(SHUFFLE_IS_EXACT, reason="only TensorFlow shuffles arrays in tf.data")
-def test_resuming_shuffled_arrays_on_tensorflow_warns(tmp_path):
+def test_a_seeded_run_repeats_and_shuffles_every_epoch(tmp_path):
+    first, history = run("dropout", tmp_path / "a", seed=7)
+    scramble()
+    again, _ = run("dropout", tmp_path / "b", seed=7)
+    assert_same(weights(first), weights(again))
+    other, _ = run("dropout", tmp_path / "c", seed=8)
+    assert not all(np.allclose(a, b) for a, b in zip(weights(first), weights(other)))  # other seed, other order
+
+
+def test_shuffled_arrays_visit_every_sample_once_per_epoch_in_an_order_keyed_by_the_epoch():
+    x, y = data("dropout")
+    x = x.copy()
+    x[:, 0] = np.arange(40)  # each sample's number in its first feature
+    given = keyed_shuffle(FitInputs(x, y, batch_size=8), None, seed=5, first_epoch=0)
+    if BACKEND != "tensorflow":
+        assert given.x is x  # Keras's own shuffle, from generators the checkpoint holds
+        return
+    assert given.fit_kwargs["steps_per_epoch"] == 5 and given.y is None and given.batch_size is None
+
+    def epochs(dataset, count):
+        batches = iter(dataset)
+        return [np.concatenate([next(batches)[0][:, 0].numpy() for _ in range(5)]).astype(int) for _ in range(count)]
+
+    orders = epochs(given.x, 3)
+    assert all(sorted(order) == list(range(40)) for order in orders)
+    assert len({tuple(o) for o in orders}) == 3
+    resumed = keyed_shuffle(FitInputs(x, y, batch_size=8), None, seed=5, first_epoch=2)
+    np.testing.assert_array_equal(epochs(resumed.x, 1)[0], orders[2])
+    # validation_split takes the last samples, as Keras does, and they are never trained on.
+    split = keyed_shuffle(FitInputs(x, y, batch_size=8, fit_kwargs={"validation_split": 0.25}), None,
+                          seed=5, first_epoch=0)
+    np.testing.assert_array_equal(split.validation[0][:, 0], np.arange(30, 40))
+    assert split.fit_kwargs["steps_per_epoch"] == 4 and "validation_split" not in split.fit_kwargs
+    assert max(np.concatenate([b[0][:, 0].numpy() for b in split.x.take(8)])) < 30
+
+
+def test_resuming_with_keras_own_tf_shuffle_warns(tmp_path):
     with pytest.raises(RuntimeError, match="stopped"):
-        run("dropout", tmp_path, callbacks=[Stop(4)])
-    with pytest.warns(UserWarning, match="tf.random.shuffle inside a tf.data pipeline"):
-        run("dropout", tmp_path, resume=True)
+        run("dropout", tmp_path, callbacks=[Stop(4)], shuffle="batch")
+    if BACKEND == "tensorflow":
+        with pytest.warns(UserWarning, match="tf.random.shuffle inside a tf.data pipeline"):
+            run("dropout", tmp_path, resume=True, shuffle="batch")
+    else:
+        _, history = run("dropout", tmp_path, resume=True, shuffle="batch")
+        assert history.epoch == [0, 1, 2, 3, 4, 5]

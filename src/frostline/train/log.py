@@ -21,11 +21,14 @@ class RunLog:
             with to be resumed).
         records: `[epoch, logs]` for every epoch run, in order.
         phases_run: `{"name", "start_epoch", "epochs"}` for every phase finished.
+        shuffle_seed: What the order of shuffled arrays is keyed by on TensorFlow
+            (`frostline.train.shuffling.run_shuffle_seed`).
     """
 
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     records: list[list] = dataclasses.field(default_factory=list)
     phases_run: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    shuffle_seed: int = 0
 
     def record(self, epoch: int, logs: dict[str, Any] | None) -> None:
         """Keeps one epoch's logs, as floats."""
@@ -49,6 +52,7 @@ class RunLog:
             "history": self.records,
             "phases_run": self.phases_run + [current],
             "config": self.config,
+            "shuffle_seed": self.shuffle_seed,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -56,6 +60,7 @@ class RunLog:
         was written inside is left out (it goes on)."""
         self.records = [list(r) for r in state["history"]]
         self.phases_run = [dict(p) for p in state["phases_run"]]
+        self.shuffle_seed = state.get("shuffle_seed", self.shuffle_seed)
         if not state["phase_finished"]:
             self.phases_run.pop()
 

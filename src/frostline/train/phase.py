@@ -221,7 +221,8 @@ class PhaseInfo:
         cached: Whether the phase fits the remainder model on cached activations.
         phase_lines: Whether `fit` was asked to print phase lines.
         epochs_run: In `on_phase_end`, the phase's epochs run (also those before an
-            interruption); None in `on_phase_begin`.
+            interruption); in `on_phase_begin`, the epochs run before an interruption
+            for a resumed phase, else None.
         logs: In `on_phase_end`, the last epoch's logs, or None.
         stopped_early: In `on_phase_end`, whether the phase's `early_stopping` ended it.
     """

@@ -152,25 +152,27 @@ def restore_random_state(state: dict[str, Any]) -> None:
                 torch.cuda.set_rng_state(saved, device)
 
 
-def inexact_inputs(x: Any, *, shuffle: Any) -> str | None:
+def inexact_inputs(inputs: Any) -> str | None:
     """Why a resumed run on these inputs cannot draw the order the uninterrupted run
     drew, or None when it can: what draws it is not in the checkpoint.
 
     Args:
-        x: `fit`'s `x`.
-        shuffle: `fit`'s `shuffle`.
+        inputs: The run's `FitInputs`.
 
     Returns:
         One sentence, or None.
     """
+    from frostline.train.shuffling import keyed_shuffle_applies
+
     # A tf.data.Dataset that shuffles is not named: nothing public tells whether one does.
+    x, shuffle = inputs.x, inputs.fit_kwargs.get("shuffle", True)
     if hasattr(x, "__next__") and not hasattr(x, "__getitem__"):
         return "it reads a generator or iterator, whose position is not in the checkpoint"
     if (type(x).__module__ or "").startswith("tensorflow") and hasattr(x, "element_spec"):
         return None
     arrays = isinstance(x, (np.ndarray, list, tuple, dict)) or hasattr(x, "__array__")
-    if arrays and shuffle and keras.backend.backend() == "tensorflow":
-        return ("on the TensorFlow backend Keras shuffles arrays with tf.random.shuffle inside a tf.data pipeline "
-                "built by each phase's fit, whose state is not in the checkpoint (pass shuffle=False, or use the "
-                "JAX or PyTorch backend)")
+    if arrays and shuffle and keras.backend.backend() == "tensorflow" and not keyed_shuffle_applies(inputs):
+        return ("on the TensorFlow backend Keras shuffles these arrays (shuffle='batch', or with steps_per_epoch) "
+                "with tf.random.shuffle inside a tf.data pipeline built by each phase's fit, whose state is not in "
+                "the checkpoint (pass shuffle=True without steps_per_epoch, or shuffle=False)")
     return None

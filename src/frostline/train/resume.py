@@ -211,6 +211,8 @@ def check_state(path: str, state: dict[str, Any], config: dict[str, Any]) -> Non
     _check_types(path, state)
     if "random_state" in state and (problem := check_random_state(state["random_state"])) is not None:
         raise _refuse(path, "random_state", problem, state["random_state"])
+    if "shuffle_seed" in state and not (type(state["shuffle_seed"]) is int and 0 <= state["shuffle_seed"] < 2**63):
+        raise _refuse(path, "shuffle_seed", "an integer, 0 to 2**63 - 1", state["shuffle_seed"])
     try:
         differences = config_differences(state["config"], config)
     except RecursionError:
@@ -338,7 +340,7 @@ def _load(checkpoint: Checkpoint, model: keras.Model, optimizer: keras.optimizer
 def _warn_if_inexact(path: str, state: dict[str, Any], inputs: Any) -> None:
     """Warns once when the resumed run cannot draw what the uninterrupted run drew."""
     if "random_state" in state:
-        reason = None if inputs is None else inexact_inputs(inputs.x, shuffle=inputs.fit_kwargs.get("shuffle", True))
+        reason = None if inputs is None else inexact_inputs(inputs)
     else:
         reason = "the checkpoint has no random_state (it was written by an earlier version of frostline)"
     if reason is not None:

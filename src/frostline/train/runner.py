@@ -26,6 +26,7 @@ from frostline.train.compiling import compile_for_run, compile_remainder
 from frostline.train.faults import PhaseUndo, phase_error
 from frostline.train.randomness import keep_global_random_state
 from frostline.train.resume import ResumePoint, optimizer_description, restore, run_config
+from frostline.train.shuffling import keyed_shuffle, run_shuffle_seed
 
 __all__ = ["FineTune"]
 
@@ -292,7 +293,8 @@ class FineTune:
         """Compiles, places the variables and starts the log; restores the last
         checkpoint when resuming."""
         shuffle = call.inputs.fit_kwargs.get("shuffle", True)
-        self._log = RunLog(config=self.config(batch_size=call.inputs.batch_size, shuffle=shuffle))
+        self._log = RunLog(config=self.config(batch_size=call.inputs.batch_size, shuffle=shuffle),
+                           shuffle_seed=0 if resume else run_shuffle_seed(self.seed))  # resumed: the checkpoint's
         compile_for_run(self.model, self.optimizer, dict(loss=self.loss, metrics=self.metrics, **self.compile_kwargs))
         self.distributed.place(self._state_variables(self.model))
         self._resume_random_state = None
@@ -333,9 +335,10 @@ class FineTune:
             fit_model = self._fit_model(cached)
             restore_random_state()  # computing the cache drew from them; plain fit would not have
             info = PhaseInfo(index, len(self.phases), report, start_epoch, cached.description, cached.nbytes,
-                             cached.model is not None, call.phase_lines)
+                             cached.model is not None, call.phase_lines, epochs_run=(epoch - start_epoch) or None)
             self.on_phase_begin(phase, info)
-            result = fit_model.fit(**cached.inputs.arguments(), epochs=start_epoch + phase.epochs,
+            data = keyed_shuffle(cached.inputs, fit_model, seed=self._log.shuffle_seed, first_epoch=epoch)
+            result = fit_model.fit(**data.arguments(), epochs=start_epoch + phase.epochs,
                                    initial_epoch=epoch, callbacks=[*cached.callbacks, *callbacks],
                                    verbose=call.verbose)
             if cached.model is not None:
