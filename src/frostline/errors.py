@@ -133,7 +133,8 @@ class StorageError(FrostlineError, OSError):
 
 
 class BackendUnavailable(FrostlineError, ImportError):
-    """`KERAS_BACKEND` names a backend whose package is not installed."""
+    """`KERAS_BACKEND` names a backend that is unknown (the message suggests the closest)
+    or whose package is not installed."""
 
 
 class NotCacheable(FrostlineValueError):

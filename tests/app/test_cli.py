@@ -167,3 +167,20 @@ def test_inspect_of_a_file_saved_without_frostline_has_no_stored_state_line():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["stored_state"] is None and data["plain_keras"] is None
+
+
+def test_inspect_counts_many_differing_layers_under_their_block(tmp_path):
+    import frostline as fl
+
+    blocks = [keras.Sequential([keras.Input((4,)), *[keras.layers.Dense(4, name=f"d{j}") for j in range(6)]],
+                               name=f"block{i}") for i in range(5)]
+    model = keras.Sequential([keras.Input((4,)), *blocks, keras.layers.Dense(2, name="head")], name="m")
+    fl.apply(model, fl.Plan().lr("block*/d*", 0.5))  # stored by frostline only, unlike trainable flags
+    model.save(tmp_path / "m.keras")
+    lines = run_cli("inspect", tmp_path / "m.keras").stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("stored frostline state: restored"))
+    # 30 Dense layers at x0.5: one row per block, not 30.
+    assert [line.split() for line in lines[start + 2:]] == [
+        ["lr", f"block{i}/*", "(6", "layers)", "x0.5", "x1"] for i in range(5)]
+    data = json.loads(run_cli("inspect", tmp_path / "m.keras", "--json").stdout)
+    assert len(data["plain_keras"]["differences"]) == 30

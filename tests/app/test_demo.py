@@ -55,3 +55,9 @@ def test_seeds_below_one_or_not_whole_are_refused_before_anything_is_written(tmp
     with pytest.raises(ValueError, match=rf"Expected seeds to be a whole number, 1 or more. Received: seeds={seeds!r}"):
         run_demo(str(tmp_path / "out"), seeds=seeds, verbose=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_seeds_option_is_checked_before_anything_is_written(tmp_path):
+    result = run_frostline("demo", "--seeds", "0", "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.startswith("frostline demo: error: --seeds: "), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -86,6 +86,32 @@ def _differences(plain: Report, stored: Report) -> list[dict[str, str]]:
     return out
 
 
+def _collapsed(differences: list[dict[str, str]], depth: int) -> list[dict[str, str]]:
+    """The differences with the layers below `depth` counted under their container at that
+    depth, one row per container and kind of difference."""
+    groups: dict[tuple, int] = {}
+    for d in differences:
+        parts = d["layer"].split("/")
+        key = (d["what"], "/".join(parts[:depth]), d["stored"], d["plain_keras"], len(parts) > depth)
+        groups[key] = groups.get(key, 0) + 1
+    return [{"what": what, "layer": prefix + (f"/* ({n} layer{'s' * (n > 1)})" if deeper else ""),
+             "stored": stored, "plain_keras": plain}
+            for (what, prefix, stored, plain, deeper), n in groups.items()]
+
+
+def _fitting(differences: list[dict[str, str]], rows: int = 20) -> list[dict[str, str]]:
+    """The table's rows: collapsed to the deepest depth at which at most `rows` rows remain
+    (one layer per row for a few differences)."""
+    deepest = max((d["layer"].count("/") + 1 for d in differences), default=1)
+    best = _collapsed(differences, 1)
+    for level in range(2, deepest + 1):
+        candidate = _collapsed(differences, level)
+        if len(candidate) > rows:
+            break
+        best = candidate
+    return best
+
+
 def _table(differences: list[dict[str, str]]) -> list[str]:
     header = {"what": "what", "layer": "layer", "stored": "stored in the file", "plain_keras": "plain Keras loads"}
     rows = [header] + differences
@@ -95,8 +121,9 @@ def _table(differences: list[dict[str, str]]) -> list[str]:
 
 def _restore_stored_state(model: keras.Model, path: str) -> tuple[str, list[str], dict[str, Any]] | None:
     """Restores the frostline state stored in the file (warnings to stderr). Returns, for a
-    file that stores one, a line saying so, the table of where plain Keras differs, and the
-    same as data; None for a file without one."""
+    file that stores one, a line saying so, the table of where plain Keras differs (deep
+    layers counted under their container where there are many; see `_fitting`), and every
+    difference as data; None for a file without one."""
     from frostline.apply.loading import restore_state
     from frostline.inspect.report import report
     from frostline.inspect.saving import read_stored_state
@@ -123,7 +150,7 @@ def _restore_stored_state(model: keras.Model, path: str) -> tuple[str, list[str]
     other_modes = any(d["what"] == "mode" for d in differences)
     line = (f"stored frostline state: restored; plain keras.saving.load_model would give {plain.totals_line}"
             + (" (and other modes)" if other_modes else "") + ", and differs here:")
-    return line, _table(differences), data
+    return line, _table(_fitting(differences)), data
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -198,9 +225,10 @@ def _demo(args: argparse.Namespace) -> int:
     from frostline.app.demo import run_demo
 
     try:
-        result = run_demo(args.out, seed=args.seed, labels_per_class=args.labels_per_class, quick=args.quick)
+        result = run_demo(args.out, seed=args.seed, seeds=args.seeds, labels_per_class=args.labels_per_class,
+                          quick=args.quick)
     except ValueError as e:
-        raise CommandError(f"--labels-per-class: {e}") from None
+        raise CommandError(f"{'--seeds' if 'seeds' in str(e) else '--labels-per-class'}: {e}") from None
     print(result.summary_line())
     return 0
 
@@ -299,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         "frostline.png and model.keras to --out. The last line printed is machine-readable.",
     )
     demo.add_argument("--out", default="frostline-demo", help="output folder (default: frostline-demo)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=int, default=0, help="the first random seed (default: 0)")
+    demo.add_argument("--seeds", type=int, default=4, help="seeds to run and average over, from --seed (default: 4)")
     demo.add_argument("--labels-per-class", type=int, default=10, help="labels per digit (default: 10)")
     demo.add_argument("--quick", action="store_true", help="fewer epochs, for a smoke test")
     demo.set_defaults(handler=_demo)
