@@ -1,25 +1,8 @@
-"""`frostline bench cache`: the activation cache against plain Keras, side by side.
-
-Scenes, each in this one process, on the same data and initial weights (--scenes picks
-some):
-  arrays: NumPy arrays (--images, --epochs):
-    (a) plain Keras `fit` of a model whose MobileNetV2 base is frozen,
-    (b) the same as a frostline phase with `cache="auto"`,
-    (c) the floor: one `predict` over the base, then the head alone on those features,
-    and, with the base unfrozen (where no cache applies), plain `fit` against a frostline
-    phase, for frostline's own overhead (`repeats` pairs in alternating order; the median
-    of the pairs' ratios);
-  pydataset, image_folder, views, top_block (--scene-images, --scene-epochs): plain `fit`
-    against a frostline phase on a `keras.utils.PyDataset`; an image folder read by
-    `image_dataset_from_directory`; random flips and shifts in front of the frozen base,
-    with `cache_views=2`; only the base's top block unfrozen.
-Each scene prints plain / frostline and the frostline phase's cache line; a table of the
-speed-ups against their targets ends the run, then one machine-readable line.
-"""
+"""`frostline bench cache` and `frostline bench memory`: the activation cache against plain
+Keras, side by side (the scenes and options: `frostline.app.bench_args`)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,7 +15,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from frostline.app.bench_scenes import SCENES, TARGETS, Batches, RecordingFineTune, SceneResult, Sizes, run_scene, timed
+from frostline.app.bench_args import SCENES, TARGETS, cache_parser, memory_parser
+from frostline.app.bench_scenes import Batches, RecordingFineTune, SceneResult, Sizes, run_scene, timed
 from frostline.plan.plan import Plan
 from frostline.train.phase import Phase
 from frostline.train.runner import FineTune
@@ -157,15 +141,6 @@ def cache_benchmark(*, images: int = 512, image_size: int = 96, epochs: int = 10
     }
 
 
-def _scene_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SCENES)}; "
-                                         f"received {text!r}")
-    return names
-
-
 def _say_scene(result: SceneResult) -> None:
     if result.speedup is None:
         print(f"{result.name}: {result.note}")
@@ -188,22 +163,7 @@ def _summary(results: list[SceneResult]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the cache benchmark's scenes from the command line; returns the exit code (1
     when the arrays scene's trained heads disagree)."""
-    parser = argparse.ArgumentParser(prog="frostline bench cache", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=_scene_list, default=list(SCENES),
-                        help=f"comma-separated, from {', '.join(SCENES)} (default: all)")
-    parser.add_argument("--images", type=int, default=512, help="images of the arrays scene")
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of the arrays scene")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--unfrozen-epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=4,
-                        help="pairs of unfrozen runs (plain, frostline) for the overhead ratio")
-    parser.add_argument("--scene-images", type=int, default=256, help="images of the other scenes")
-    parser.add_argument("--scene-epochs", type=int, default=6, help="epochs of the other scenes")
-    parser.add_argument("--tolerance", type=float, default=1e-3,
-                        help="largest relative difference allowed between the trained heads")
-    args = parser.parse_args(argv)
+    args = cache_parser().parse_args(argv)
     results, last, status = [], [], 0
     if "arrays" in args.scenes:
         print("== arrays")
@@ -289,19 +249,7 @@ def memory_benchmark(*, samples: int = 20000, features: int = 64, width: int = 4
 def memory_main(argv: Sequence[str] | None = None) -> int:
     """`frostline bench memory`: peak memory of a disk cache larger than its limit;
     returns the exit code (1 when the disk cache's memory grew with the data)."""
-    parser = argparse.ArgumentParser(
-        prog="frostline bench memory",
-        description="Peak resident memory (RSS) of training with no cache, an in-memory cache and a streaming "
-                    "disk cache, and of the disk cache with four times the samples; then the two disk caches with "
-                    "the data read from a keras.utils.PyDataset; each in a fresh process. The frozen part widens "
-                    "each sample, so the activations are many times the cache's memory limit.")
-    parser.add_argument("--samples", type=int, default=20000)
-    parser.add_argument("--features", type=int, default=64)
-    parser.add_argument("--width", type=int, default=4096, help="the frozen layer's output width")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--memory-limit-mb", type=float, default=32.0, help="FineTune(cache_memory_limit=...)")
-    args = parser.parse_args(argv)
+    args = memory_parser().parse_args(argv)
     limit = int(args.memory_limit_mb * 2**20)
     r = memory_benchmark(samples=args.samples, features=args.features, width=args.width, epochs=args.epochs,
                          batch_size=args.batch_size, memory_limit=limit)

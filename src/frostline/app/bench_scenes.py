@@ -26,16 +26,15 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from frostline.app.bench_args import TARGETS
 from frostline.app.train_job import image_folder_format
 from frostline.plan.plan import Plan
 from frostline.train.phase import Phase, PhaseInfo
 from frostline.train.runner import FineTune
 
-__all__ = ["SCENES", "Batches", "SceneResult", "Sizes", "bench_model", "run_scene", "write_image_folder"]
+__all__ = ["Batches", "SceneResult", "Sizes", "bench_model", "run_scene", "write_image_folder"]
 
 # The speed-up each scene is to reach (plain / frostline).
-TARGETS = {"arrays": 6.0, "pydataset": 3.5, "image_folder": 3.5, "views": 2.0, "top_block": 2.0}
-SCENES = ("arrays", "pydataset", "image_folder", "views", "top_block")
 
 
 def bench_model(image_size: int, classes: int, *, augment: bool = False, inference_base: bool = False,

@@ -234,6 +234,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if {"-h", "--help"} & set(args.rest):  # answered without Keras
+        from frostline.app.bench_args import cache_parser, memory_parser
+
+        (memory_parser() if args.what == "memory" else cache_parser()).parse_args(args.rest)
     _backend.import_keras()
     from frostline.app.bench import main as bench_main, memory_main
 
