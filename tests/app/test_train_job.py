@@ -85,7 +85,7 @@ def test_resume_of_a_finished_run_succeeds_and_of_a_changed_config_names_the_cha
     again = run_cli("train", write(workdir, config()), "--quiet", "--resume", cwd=workdir)
     assert again.returncode == 0, again.stderr
     changed = run_cli("train", write(workdir, config(**{"phases.1.epochs": 2})), "--quiet", "--resume", cwd=workdir)
-    assert changed.returncode == 2
+    assert changed.returncode == 3  # a checkpoint error (docs/cli.md, Errors)
     assert "phases[1].epochs: 1 -> 2" in changed.stderr
 
 
@@ -143,7 +143,7 @@ def test_train_from_an_image_folder_with_an_applications_base(workdir):
 
 def test_resume_without_a_checkpoint_writes_nothing(workdir):
     result = run_cli("train", write(workdir, config()), "--resume", cwd=workdir)
-    assert result.returncode == 2 and "No checkpoint to resume from" in result.stderr
+    assert result.returncode == 3 and "No checkpoint to resume from" in result.stderr
     assert not (workdir / "run").exists()
 
 
