@@ -31,9 +31,11 @@ distribution:                     # optional: data parallel (JAX)
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator, model_validator,
+)
 
 from frostline.errors import ConfigError, PlanError
 from frostline.plan.plan import Plan
@@ -41,8 +43,11 @@ from frostline.plan.safe_yaml import MAX_YAML_BYTES, decode_yaml, load_yaml
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
-
-
+# Booleans are not numbers here (pydantic would read `epochs: true` as 1), and no number is inf or nan.
+Positive = Annotated[StrictInt, Field(gt=0)]
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+# Folders no run may write into: the kernel's views of processes, devices and the system.
+_SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,7 +59,7 @@ class BaseSpec(_Strict):
     keras: str | None = None
     application: str | None = None
     weights: str = "imagenet"
-    input_shape: tuple[int, ...] | None = None
+    input_shape: tuple[Positive, ...] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> BaseSpec:
@@ -68,10 +73,10 @@ class BaseSpec(_Strict):
 class HeadSpec(_Strict):
     """The new classification head."""
 
-    classes: int = Field(gt=0)
+    classes: Positive
     pooling: Literal["avg", "max", "flatten", "none"] = "avg"
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    units: tuple[int, ...] = ()
+    dropout: Number = Field(default=0.0, ge=0.0, lt=1.0)
+    units: tuple[Positive, ...] = ()
     activation: str = "relu"
     output_activation: str = "softmax"
 
@@ -81,9 +86,10 @@ class DataSpec(_Strict):
 
     npz: str | None = None
     images: str | None = None
-    image_size: tuple[int, int] | None = None
-    validation_split: float = Field(default=0.0, ge=0.0, lt=1.0)
-    batch_size: int = Field(default=32, gt=0)
+    image_size: tuple[Positive, Positive] | None = None
+    color_mode: Literal["rgb", "grayscale", "rgba"] = "rgb"
+    validation_split: Number = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_size: Positive = 32
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -96,8 +102,8 @@ class PhaseSpec(_Strict):
     """One phase; `plan` is the same YAML as `Plan.to_yaml`."""
 
     name: str = Field(min_length=1)
-    epochs: int = Field(gt=0)
-    learning_rate: float | None = Field(default=None, gt=0)
+    epochs: Positive
+    learning_rate: Number | None = Field(default=None, gt=0)
     plan: dict[str, Any] | list[Any] = Field(default_factory=dict)
     early_stopping: dict[str, Any] | None = None
 
@@ -129,7 +135,7 @@ class PhaseSpec(_Strict):
 class DistributionSpec(_Strict):
     """Data-parallel training over several devices (`frostline.data_parallel`)."""
 
-    data_parallel: int | Literal["auto"] = Field(default="auto")
+    data_parallel: StrictInt | Literal["auto"] = Field(default="auto")
 
     @field_validator("data_parallel")
     @classmethod
@@ -150,8 +156,26 @@ class TrainConfig(_Strict):
     loss: str = "sparse_categorical_crossentropy"
     metrics: tuple[str, ...] = ("accuracy",)
     output: str
-    seed: int | None = 0
+    seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = 0
     distribution: DistributionSpec | None = None
+
+    @field_validator("output")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected the output folder, e.g. runs/exp1; received an empty path, which would write "
+                             "into the config file's own folder (and over a config.yaml there)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_phase_names(self) -> TrainConfig:
+        seen: dict[str, int] = {}
+        for i, phase in enumerate(self.phases):
+            if phase.name in seen:
+                raise ValueError(f"phases[{i}].name: expected each phase to have its own name; received "
+                                 f"{phase.name!r}, the name of phases[{seen[phase.name]}] too. Rename one of them.")
+            seen[phase.name] = i
+        return self
 
 
 def _location(loc: tuple) -> str:
@@ -171,7 +195,35 @@ def _message(error: dict) -> str:
     if kind == "missing":
         return "missing key"
     text = error["msg"].removeprefix("Value error, ")
+    if isinstance(received, bool) and kind in ("int_type", "float_type"):
+        return f"{text}; received {str(received).lower()}, a boolean. Write a number, e.g. 5"
     return f"{text}; received {received!r}" if kind != "value_error" else text
+
+
+def _check_output(output: str, config_path: str) -> None:
+    """Refuses an output folder that is the config file, a file, a system folder, or
+    inside a folder this user cannot write to; creates nothing."""
+    out = os.path.realpath(output)
+    if out == os.path.realpath(config_path):
+        raise ConfigError(f"output: expected a folder to write the run into; received the config file itself "
+                          f"({output!r}), which the run would overwrite. Use e.g. output: runs/exp1")
+    system = next((f for f in _SYSTEM_FOLDERS if out == f or out.startswith(f + os.sep)), None)
+    if system is not None:
+        raise ConfigError(f"output: expected a folder of your own; received {output!r}, inside {system}, which "
+                          "the kernel provides and no run can write. Use e.g. output: runs/exp1")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"output: expected a folder; received {output!r}, which is a file. "
+                          "Choose another output, or move the file away.")
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"output: expected a folder; {existing!r} on the way to {output!r} is a file.")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "on a read-only file system" if read_only else "not writable by this user"
+        raise ConfigError(f"output: {output!r} cannot be written: {existing!r} is {why}. "
+                          "Write to a folder this user can write to.")
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
@@ -196,7 +248,8 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         config = TrainConfig.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        raise ConfigError(f"{_location(first['loc'])}: {_message(first)}") from None
+        where = f"{_location(first['loc'])}: " if first["loc"] else ""  # a check of the whole names its place
+        raise ConfigError(f"{where}{_message(first)}") from None
     folder = os.path.dirname(os.path.abspath(path))
     resolve = lambda p: p if p is None or os.path.isabs(p) else os.path.join(folder, p)  # noqa: E731
     data = config.data.model_copy(update={"npz": resolve(config.data.npz), "images": resolve(config.data.images)})
@@ -205,8 +258,11 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         base = base.model_copy(update={"weights": resolve(base.weights)})
     config = config.model_copy(update={"data": data, "base": base, "output": resolve(config.output)})
     for field, value in (("data.npz", data.npz), ("base.keras", base.keras)):
+        if value is not None and os.path.isdir(value):
+            raise ConfigError(f"{field}: expected a file, received a directory: {value!r}")
         if value is not None and not os.path.isfile(value):
             raise ConfigError(f"{field}: file not found: {value!r}")
+    _check_output(config.output, path)
     if data.images is not None and not os.path.isdir(data.images):
         raise ConfigError(f"data.images: folder not found: {data.images!r}")
     if base.weights not in ("imagenet", "none") and not os.path.isfile(base.weights):

@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 import re
+import zipfile
 from typing import Any
 
 import keras
@@ -19,6 +20,7 @@ import yaml
 from frostline.app.config import TrainConfig
 from frostline.app.folder_data import fit_ready
 from frostline.app.outputs import write_report
+from frostline.app.preflight import check_against_model, check_config, check_data, image_size
 from frostline.app.plots import plot_frost_lines, plot_history
 from frostline.app.progress import progress_callbacks
 from frostline.apply.apply import scoped
@@ -92,19 +94,41 @@ def image_folder_format() -> str | None:
     return "tf" if importlib.util.find_spec("tensorflow") else "grain" if importlib.util.find_spec("grain") else None
 
 
-def load_data(config: TrainConfig) -> tuple[Any, Any, Any]:
-    """`(x, y, validation_data)` for `fit`, from a `.npz` file or an image folder."""
+def _open_npz(path: str):
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        hint = " It is a single .npy array: save x_train and y_train together with np.savez." if npy else ""
+        raise ConfigError(f"data.npz: expected a .npz archive (np.savez(path, x_train=..., y_train=...)); received "
+                          f"{path!r}, which is not one.{hint}")
+    return np.load(path, allow_pickle=False)
+
+
+def _array(arrays, key: str) -> np.ndarray:
+    try:
+        return arrays[key]
+    except ValueError:  # object arrays need pickle, which a data file must not run
+        raise ConfigError(f"data.npz: expected numeric arrays; {key!r} is an array of Python objects (dtype=object), "
+                          "e.g. images of different sizes. Stack them into one array of one shape, such as "
+                          "np.stack(images).astype('float32').") from None
+
+
+def load_data(config: TrainConfig, model: keras.Model | None = None) -> tuple[Any, Any, Any]:
+    """`(x, y, validation_data)` for `fit`, from a `.npz` file or an image folder (read
+    at `data.image_size`, else at the input size of `model`'s first layer if given, else
+    256x256)."""
     data = config.data
     if data.npz is not None:
-        with np.load(data.npz) as arrays:
+        with _open_npz(data.npz) as arrays:
             missing = [k for k in ("x_train", "y_train") if k not in arrays.files]
             if missing:
                 raise ConfigError(
                     f"data.npz: missing array {missing[0]!r}; expected x_train, y_train and optionally "
                     f"x_val, y_val. Found: {arrays.files}"
                 )
-            x, y = arrays["x_train"], arrays["y_train"]
-            validation = (arrays["x_val"], arrays["y_val"]) if "x_val" in arrays.files and "y_val" in arrays.files else None
+            x, y = _array(arrays, "x_train"), _array(arrays, "y_train")
+            has_validation = "x_val" in arrays.files and "y_val" in arrays.files
+            validation = (_array(arrays, "x_val"), _array(arrays, "y_val")) if has_validation else None
         if validation is None and data.validation_split:
             cut = int(round(len(x) * (1 - data.validation_split)))
             x, y, validation = x[:cut], y[:cut], (x[cut:], y[cut:])
@@ -112,8 +136,12 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, Any]:
     fmt = image_folder_format()
     if fmt is None:
         raise ConfigError("data.images: reading an image folder needs TensorFlow or grain: pip install grain")
-    size = tuple(data.image_size or tuple(config.base.input_shape or (256, 256))[:2])
-    kwargs = dict(image_size=size, batch_size=data.batch_size, seed=config.seed or 0, format=fmt, verbose=False)
+    if model is not None:
+        size = image_size(config, model)
+    else:
+        size = tuple(data.image_size or tuple(config.base.input_shape or (256, 256))[:2])
+    kwargs = dict(image_size=size, batch_size=data.batch_size, seed=config.seed or 0, format=fmt, verbose=False,
+                  color_mode=data.color_mode)
     if data.validation_split:
         train, validation = keras.utils.image_dataset_from_directory(
             data.images, validation_split=data.validation_split, subset="both", **kwargs
@@ -125,7 +153,7 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, Any]:
 def validate_plans(model: keras.Model, config: TrainConfig) -> list[Phase]:
     """The phases, with every plan resolved against the model in order, in a scope that
     leaves the model as it was. A selector that matches nothing is a ConfigError naming
-    `phases[i].plan.rules[j]`."""
+    `phases[i].plan.rules[j]`, and so is a plan that leaves the phase nothing to train."""
     phases = []
     with contextlib.ExitStack() as stack:
         for i, spec in enumerate(config.phases):
@@ -136,6 +164,11 @@ def validate_plans(model: keras.Model, config: TrainConfig) -> list[Phase]:
                 m = re.match(r"Rule (\d+) ", str(e))
                 where = f"phases[{i}].plan" + (f".rules[{int(m.group(1)) - 1}]" if m else "")
                 raise ConfigError(f"{where}: {e}") from None
+            if not model.trainable_weights:
+                raise ConfigError(
+                    f"phases[{i}].plan: phase {spec.name!r} would train nothing: after its plan (on top of the "
+                    f"phases before it) every layer is frozen. Unfreeze at least the head, e.g. "
+                    f"rules: [{{freeze: base}}], or remove the phase.")
             phases.append(Phase(spec.name, epochs=spec.epochs, plan=plan, learning_rate=spec.learning_rate,
                                 early_stopping=spec.early_stopping))
     return phases
@@ -157,13 +190,16 @@ def _distribution(config: TrainConfig):
         raise ConfigError(f"distribution.data_parallel: {e}") from None
 
 
-def _checked_run(config: TrainConfig, model: keras.Model, *, resume: bool) -> tuple[FineTune, tuple]:
-    """The FineTune for the configuration and its `(x, y, validation_data)`, everything
-    checked in the order a user fixes it: a ConfigError before anything is written."""
+def _checked_run(config: TrainConfig, model: keras.Model, *, resume: bool, data: tuple | None = None) -> tuple[FineTune, tuple]:
+    """The FineTune for the configuration and its `(x, y, validation_data)` (`data` if
+    already read), everything checked in the order a user fixes it: a ConfigError before
+    anything is written."""
     phases = validate_plans(model, config)
     optimizer = _optimizer(config)
     distribution = _distribution(config)
-    x, y, validation = load_data(config)
+    x, y, validation = data or load_data(config, model)
+    check_data(config, x, y, validation)
+    check_against_model(config, model, x, validation)
     checkpoints = os.path.join(config.output, "checkpoints")
     if resume:
         read_latest(checkpoints)  # no checkpoint: say so before writing
@@ -189,10 +225,14 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     Returns:
         Names of the files written, keyed by what they are.
     """
+    check_config(config)  # names, monitors and an image folder's classes: before the model is built
+    data = load_data(config) if config.data.npz is not None else None
+    if data is not None:
+        check_data(config, *data)  # the labels against head.classes, also before the model
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
     model = build_model(config)
-    run, (x, y, validation) = _checked_run(config, model, resume=resume)
+    run, (x, y, validation) = _checked_run(config, model, resume=resume, data=data)
     # Everything is valid: only now is anything written.
     out = config.output
     os.makedirs(out, exist_ok=True)
