@@ -11,6 +11,8 @@ from typing import Literal
 import keras
 import numpy as np
 
+from frostline.train.compiling import compile_config
+
 __all__ = ["MetricSummary", "PhaseSummary", "metric_modes", "phase_summaries"]
 
 Mode = Literal["min", "max"]
@@ -51,12 +53,10 @@ def _probe(model: keras.Model) -> keras.Model | None:
     whose compiled metrics are built: what `EarlyStopping` looks up a metric's direction
     in. (The trained model's own may never have been built: a cached phase fits the
     remainder.) None when the model is not compiled or the metrics cannot be rebuilt."""
+    config = compile_config(model, ("loss", "metrics", "weighted_metrics"))
     try:
-        config = {k: v for k, v in (model.get_compile_config() or {}).items()
-                  if k in ("loss", "metrics", "weighted_metrics")}
-        config = keras.saving.deserialize_keras_object(config)
         outputs = model.outputs
-    except Exception:  # noqa: BLE001 - a loss or metric of the user's own, a model never called
+    except Exception:  # noqa: BLE001 - a model never called
         return None
     if not config or len(outputs) != 1:
         return None

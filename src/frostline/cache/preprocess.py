@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from frostline import _keras
-from frostline.cache.store import is_arrays, samples, to_numpy
+from frostline.cache.store import is_arrays, samples, sliced, to_numpy
 from frostline.model.modes import draws_random_numbers
 
 __all__ = ["Preprocessed", "batch_transform", "batches_arrays_in_order", "preprocess", "preprocessor_of"]
@@ -55,17 +55,13 @@ def batches_arrays_in_order(model: keras.Model) -> bool:
     return callable(getattr(model, "preprocess_samples", None))
 
 
-def _slice(value: Any, start: int, stop: int) -> Any:
-    return None if value is None else keras.tree.map_structure(lambda a: a[start:stop], value)
-
-
 def _batches(preprocess_samples: Any, x: Any, y: Any, sample_weight: Any, batch_size: int, budget: int) -> list:
     """`preprocess_samples` over the data's batches in order, as NumPy (x, y, sw) each."""
     out, used = [], 0
     n = samples(x)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        result = preprocess_samples(_slice(x, start, stop), _slice(y, start, stop), _slice(sample_weight, start, stop))
+        result = preprocess_samples(sliced(x, start, stop), sliced(y, start, stop), sliced(sample_weight, start, stop))
         batch = keras.tree.map_structure(to_numpy, keras.utils.unpack_x_y_sample_weight(result))
         used += sum(a.nbytes for a in keras.tree.flatten(batch) if a is not None)
         if used > budget:
@@ -143,8 +139,8 @@ def preprocess(model: keras.Model, x: Any, y: Any, sample_weight: Any, validatio
         return "the data is not arrays: a generator or dataset may give different batches each epoch."
     batch = batch_size or 32
     try:
-        run = _feeding(run, _slice(x, 0, batch), _slice(y, 0, batch), _slice(sample_weight, 0, batch))
-        head = (_slice(x, 0, batch), _slice(y, 0, batch), _slice(sample_weight, 0, batch))
+        run = _feeding(run, sliced(x, 0, batch), sliced(y, 0, batch), sliced(sample_weight, 0, batch))
+        head = (sliced(x, 0, batch), sliced(y, 0, batch), sliced(sample_weight, 0, batch))
         first, again = (_batches(run, *head, batch, memory_limit) for _ in range(2))
         if not all(_equal(a, b) for a, b in zip(keras.tree.flatten(first), keras.tree.flatten(again))):
             return f"{what} gives different results for the same samples (random masking or augmentation): " \

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 __all__ = ["CachedBatches", "DiskActivations", "MemoryActivations", "ViewEpochs", "compute_in_memory",
-           "compute_on_disk", "is_arrays", "per_tensor", "samples", "to_numpy"]
+           "compute_on_disk", "is_arrays", "per_tensor", "samples", "sliced", "to_numpy"]
 
 
 def is_arrays(value: Any) -> bool:
@@ -39,6 +39,12 @@ def samples(x: Any) -> int | None:
         return None
     first = x if isinstance(x, np.ndarray) else (list(x.values())[0] if isinstance(x, dict) else x[0])
     return len(first)
+
+
+def sliced(value: Any, start: int, stop: int | None) -> Any:
+    """Samples `start` to `stop` of an array, or of each array in a list, tuple or dict;
+    None stays None."""
+    return None if value is None else keras.tree.map_structure(lambda a: a[start:stop], value)
 
 
 def to_numpy(value: Any) -> Any:

@@ -9,11 +9,11 @@ import keras
 from frostline.apply.multipliers import model_lr_multipliers, set_model_lr_multipliers
 from frostline.apply.sync import sync_model
 
-__all__ = ["compile_arguments", "compile_for_run", "compile_remainder", "with_carried_metrics"]
+__all__ = ["compile_arguments", "compile_config", "compile_for_run", "compile_remainder", "with_carried_metrics"]
 
 
-def _compile_config(model: keras.Model, keys: tuple[str, ...] | None = None) -> dict[str, Any] | None:
-    """The model's compile arguments but the optimizer, as objects; None when Keras
+def compile_config(model: keras.Model, keys: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The model's compile arguments but the optimizer (only `keys`, when given), as objects; None when Keras
     cannot serialize them (a loss or metric of the user's own) or it is not compiled."""
     try:
         config = {k: v for k, v in (model.get_compile_config() or {}).items()
@@ -30,7 +30,7 @@ def with_carried_metrics(model: keras.Model, arguments: dict[str, Any]) -> dict[
     that a cached remainder gets them too."""
     if arguments.get("metrics") is not None or not model.compiled:
         return arguments
-    carried = _compile_config(model, ("metrics", "weighted_metrics")) or {}
+    carried = compile_config(model, ("metrics", "weighted_metrics")) or {}
     out = dict(arguments, metrics=carried.get("metrics"))
     if carried.get("weighted_metrics") is not None:
         out.setdefault("weighted_metrics", carried["weighted_metrics"])
@@ -42,7 +42,7 @@ def compile_arguments(model: keras.Model, fallback: dict[str, Any]) -> dict[str,
     keras-hub task's defaults included), for the cached remainder, so that a cached
     phase computes and logs what plain `fit` does; `fallback` where Keras cannot
     serialize them."""
-    return _compile_config(model) or fallback
+    return compile_config(model) or fallback
 
 
 def compile_remainder(remainder: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer,

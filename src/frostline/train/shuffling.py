@@ -23,7 +23,7 @@ import numpy as np
 
 from frostline.cache.policy import FitInputs
 from frostline.cache.preprocess import batches_arrays_in_order
-from frostline.cache.store import is_arrays, samples
+from frostline.cache.store import is_arrays, samples, sliced
 
 __all__ = ["keyed_shuffle", "keyed_shuffle_applies", "run_shuffle_seed"]
 
@@ -53,24 +53,9 @@ def keyed_shuffle_applies(inputs: FitInputs, model: keras.Model | None = None) -
 
 def _in_floatx(value: Any) -> Any:
     """As Keras's array adapter gives them: floating arrays in `floatx`."""
-    floatx = keras.backend.floatx()
-    if isinstance(value, dict):
-        return {k: _in_floatx(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_in_floatx(v) for v in value)
-    if np.issubdtype(value.dtype, np.floating) and value.dtype != np.dtype(floatx):
-        return value.astype(floatx)
-    return value
-
-
-def _sliced(value: Any, start: int, stop: int | None) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return {k: v[start:stop] for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(v[start:stop] for v in value)
-    return value[start:stop]
+    floatx = np.dtype(keras.backend.floatx())
+    return keras.tree.map_structure(
+        lambda a: a.astype(floatx) if np.issubdtype(a.dtype, np.floating) and a.dtype != floatx else a, value)
 
 
 def keyed_shuffle(inputs: FitInputs, model: keras.Model | None, *, seed: int, first_epoch: int) -> FitInputs:
@@ -102,10 +87,10 @@ def keyed_shuffle(inputs: FitInputs, model: keras.Model | None, *, seed: int, fi
         split_at = int(math.floor(count * (1.0 - split)))
         if split_at in (0, count):  # Keras's own error says why
             return inputs
-        tail = tuple(v for v in (_sliced(x, split_at, None), _sliced(y, split_at, None),
-                                 _sliced(weights, split_at, None)) if v is not None)
+        tail = tuple(v for v in (sliced(x, split_at, None), sliced(y, split_at, None),
+                                 sliced(weights, split_at, None)) if v is not None)
         validation = tail if len(tail) > 1 else tail[0]
-        x, y, weights = (_sliced(v, 0, split_at) for v in (x, y, weights))
+        x, y, weights = (sliced(v, 0, split_at) for v in (x, y, weights))
         count = split_at
     batch_size = inputs.batch_size or 32
     data = _in_floatx(tuple(v for v in (x, y, weights) if v is not None))
