@@ -251,14 +251,10 @@ def run_training(config: TrainConfig, *, resume: bool = False, verbose: str | in
     with open(files["config"], "w") as f:
         yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
     _write_history_csv(history, files["history"])
-    _write_report(model, history, run.reports, files["report"])
+    write_report(model, history, run.reports, files["report"])
     plot_history(history, files["history_plot"], phases=run.phases)
     plot_frost_lines(run.reports, files["frost_plot"])
     return files
-
-
-def _write_report(model: keras.Model, history, reports: dict, path: str) -> None:
-    write_report(model, history, reports, path)
 
 
 def _write_history_csv(history, path: str) -> None:
