@@ -124,6 +124,28 @@ def test_help_on_every_command_and_version_start_without_keras():
 
 
 @pytest.mark.slow
+def test_config_mistakes_that_need_no_keras_are_reported_before_keras_starts(workdir):
+    base = yaml.safe_load((workdir / "config.yaml").read_text())
+    (workdir / "a_file").write_text("")
+    mistakes = {  # the YAML, a key, a type, a file, the output folder
+        "yaml": "phases: [\n", "key": yaml.safe_dump(base | {"optimiser": "sgd"}),
+        "type": yaml.safe_dump(base | {"seed": True}), "file": yaml.safe_dump(base | {"data": {"npz": "no.npz"}}),
+        "proc": yaml.safe_dump(base | {"output": "/proc/run"}), "under_file": yaml.safe_dump(base | {"output": "a_file/run"}),
+    }
+    for name, text in mistakes.items():
+        (workdir / f"{name}.yaml").write_text(text)
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "frostline", "train", f"{name}.yaml"],
+                                capture_output=True, text=True, cwd=workdir, timeout=300,
+                                env={**os.environ, "KERAS_BACKEND": "jax"})
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+        assert result.returncode == 2 and len(errors) == 1, (name, result.stderr[-2000:])
+        assert errors[0].startswith(f"frostline train: error: {name}.yaml: "), errors[0]
+        started = {m for m in imported_modules(result.stderr) if m.split(".")[0] in ("keras", "jax", "numpy")}
+        assert not started, (name, sorted(started)[:5])
+    assert not (workdir / "run").exists()
+
+
+@pytest.mark.slow
 def test_backend_that_cannot_start_is_one_line_exit_5_and_writes_nothing(workdir):
     for backend, fragment in (("jaxx", "KERAS_BACKEND='jaxx' is not a Keras backend: expected one of jax, "),
                               ("openvino", "KERAS_BACKEND='openvino' but openvino is not installed")):

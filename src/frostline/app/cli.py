@@ -195,14 +195,15 @@ def _progress(checkpoints: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _backend.import_keras()
     from frostline.app.config import load_config
-    from frostline.app.train_job import run_training
 
-    try:
+    try:  # before Keras starts: a mistake there is reported at once
         config = load_config(args.config)
     except ConfigError as e:
         raise CommandError(f"{args.config}: {e}") from None
+    _backend.import_keras()
+    from frostline.app.train_job import run_training
+
     checkpoints = os.path.join(config.output, "checkpoints")
     try:
         files = run_training(config, resume=args.resume, verbose=0 if args.quiet else "auto")

@@ -1,5 +1,9 @@
 """The `frostline train` configuration: a YAML file, validated before anything runs.
 
+`load_config` needs no Keras (the command reports a config's mistakes before starting it):
+the YAML, every key, type and value, and the files and folders named. What needs Keras
+(plans, Keras names) is `preflight.check_config`'s.
+
 ```yaml
 base:
   application: MobileNetV2        # or: keras: path/to/base.keras
@@ -31,15 +35,17 @@ distribution:                     # optional: data parallel (JAX)
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator, model_validator,
 )
 
-from frostline.errors import ConfigError, PlanError
-from frostline.plan.plan import Plan
+from frostline.errors import ConfigError
 from frostline.plan.safe_yaml import MAX_YAML_BYTES, decode_yaml, load_yaml
+
+if TYPE_CHECKING:
+    from frostline.plan.plan import Plan
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
@@ -99,7 +105,8 @@ class DataSpec(_Strict):
 
 
 class PhaseSpec(_Strict):
-    """One phase; `plan` is the same YAML as `Plan.to_yaml`."""
+    """One phase; `plan` is the same YAML as `Plan.to_yaml`. Its rules and the arguments of
+    `early_stopping` are checked with Keras, by `preflight.check_config`."""
 
     name: str = Field(min_length=1)
     epochs: Positive
@@ -107,28 +114,10 @@ class PhaseSpec(_Strict):
     plan: dict[str, Any] | list[Any] = Field(default_factory=dict)
     early_stopping: dict[str, Any] | None = None
 
-    @field_validator("plan")
-    @classmethod
-    def _valid_plan(cls, value: Any) -> Any:
-        try:
-            Plan.from_config(value or {"rules": []})
-        except PlanError as e:
-            raise ValueError(str(e)) from None
-        return value
-
-    @field_validator("early_stopping")
-    @classmethod
-    def _valid_early_stopping(cls, value: Any) -> Any:
-        if value is not None:
-            import keras
-
-            try:
-                keras.callbacks.EarlyStopping(**value)
-            except TypeError as e:
-                raise ValueError(f"not an argument of keras.callbacks.EarlyStopping: {e}") from None
-        return value
-
     def to_plan(self) -> Plan:
+        """The phase's plan (this imports Keras, as `Plan` does; `load_config` does not)."""
+        from frostline.plan.plan import Plan
+
         return Plan.from_config(self.plan or {"rules": []})
 
 
@@ -233,7 +222,11 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     Raises:
         ConfigError: naming the YAML path of the culprit, for a missing file, malformed
             YAML (a key twice in one mapping, aliases expanding past 100,000 values), an
-            unknown key, a wrong type or value, or a missing data path.
+            unknown key, a wrong type or value, a missing data path, or an output
+            folder that cannot be written.
+
+    Imports no Keras: the phases' plans and `early_stopping` arguments are checked by
+    `preflight.check_config`.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -1,5 +1,6 @@
 """What `frostline train` checks before it trains: the Keras names a configuration uses,
-the data against the head and the base, and that every phase has something to train.
+the data against the head and the base, and that every phase has something to train:
+all that `config.load_config` cannot check without Keras.
 
 Each check raises a ConfigError naming the place in the YAML, what was expected, what
 was received and what to change; none of them writes anything. `check_config` needs no
@@ -16,7 +17,7 @@ import keras
 import numpy as np
 
 from frostline.app.config import TrainConfig
-from frostline.errors import ConfigError, did_you_mean, shorten
+from frostline.errors import ConfigError, PlanError, did_you_mean, shorten
 
 __all__ = ["IMAGE_EXTENSIONS", "check_against_model", "check_config", "check_data", "image_size", "logged_metrics"]
 
@@ -71,6 +72,21 @@ def _check_monitors(config: TrainConfig) -> None:
                               f"{', '.join(logged)}. Received {monitor!r}{given}.{hint}")
 
 
+def _check_phases(config: TrainConfig) -> None:
+    """Each phase's plan parses, and its `early_stopping` holds arguments of EarlyStopping."""
+    for i, phase in enumerate(config.phases):
+        try:
+            phase.to_plan()
+        except PlanError as e:
+            raise ConfigError(f"phases[{i}].plan: {e}") from None
+        if phase.early_stopping is not None:
+            try:
+                keras.callbacks.EarlyStopping(**phase.early_stopping)
+            except TypeError as e:
+                raise ConfigError(f"phases[{i}].early_stopping: not an argument of keras.callbacks.EarlyStopping: "
+                                  f"{e}") from None
+
+
 def _check_names(config: TrainConfig) -> None:
     _resolve("loss", config.loss, keras.losses.get, _public(keras.losses), "loss", "sparse_categorical_crossentropy")
     metrics = _public(keras.metrics)
@@ -115,13 +131,15 @@ def _check_image_folder(config: TrainConfig) -> None:
 
 
 def check_config(config: TrainConfig) -> None:
-    """Checks what needs no model: the loss, metric, activation and optimizer names, each
-    EarlyStopping `monitor` against the metrics the run logs, and an image folder's
-    classes against `head.classes`.
+    """Checks, after `load_config`, what needs Keras but no model: each phase's plan (its
+    rules and selectors parse) and `early_stopping` arguments, the loss, metric,
+    activation and optimizer names, each EarlyStopping `monitor` against the metrics the
+    run logs, and an image folder's classes against `head.classes`.
 
     Raises:
         ConfigError: for the first problem, with a did-you-mean where a name is close.
     """
+    _check_phases(config)
     _check_names(config)
     _check_monitors(config)
     if config.data.images is not None:
