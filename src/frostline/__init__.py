@@ -61,6 +61,8 @@ else:
     from frostline.train import schedules
     from frostline.train.distribute import data_parallel
     from frostline.train.phase import Phase, PhaseInfo
+    from frostline.train.probe import probe
+    from frostline.train.probe_result import ProbeResult
     from frostline.train.runner import FineTune
 
 
@@ -94,6 +96,7 @@ __all__ = [
     "PhaseSchedule",
     "Plan",
     "PlanError",
+    "ProbeResult",
     "Report",
     "Resolution",
     "Rule",
@@ -115,6 +118,7 @@ __all__ = [
     "load_model",
     "load_plan",
     "parse_selector",
+    "probe",
     "merge_adapters",
     "register_rule",
     "report",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 
@@ -11,7 +12,7 @@ from frostline.model.tree import LayerTree
 from frostline.plan.plan import Plan
 from frostline.train.phase import Phase
 
-__all__ = ["gradual_unfreeze", "layerwise_decay", "two_phase"]
+__all__ = ["from_probe", "gradual_unfreeze", "layerwise_decay", "two_phase"]
 
 
 def two_phase(
@@ -131,3 +132,77 @@ def layerwise_decay(
     for depth, block in enumerate(reversed(blocks)):
         plan = plan.lr(block, decay**depth)
     return Plan(tuple(reversed(plan.rules)))
+
+
+def from_probe(
+    result: Any,
+    *,
+    head_epochs: int = 10,
+    finetune_epochs: int = 10,
+    head_learning_rate: float = 1e-3,
+    finetune_learning_rate: float = 1e-4,
+    gradual: bool = False,
+    base: str | Sequence[str] | None = None,
+) -> list[Phase]:
+    """The LP-FT schedule a probe implies: the head on the frozen base, then the base's
+    layers above the best cut unfrozen at a lower learning rate.
+
+    Linear probing first and fine-tuning second (Kumar et al. 2022) starts the fine-tuning
+    from a trained head instead of a random one; the probe says where the frozen part
+    should end. Phase "head" freezes `base` and runs it in inference mode. Phase
+    "finetune" unfreezes the base above the best cut among those inside it; the layers up
+    to the cut stay frozen, and the whole base stays in inference mode (BatchNormalization
+    keeps its statistics). When the best cut freezes the whole base, the finetune phase
+    unfreezes its top block: the layers above the cut before it. With `gradual`, one phase
+    per probed block from the top down to the best cut unfreezes one more block each.
+
+    Args:
+        result: A `ProbeResult` (or its `to_dict()`).
+        head_epochs: Epochs of the head phase. Defaults to 10.
+        finetune_epochs: Epochs of the finetune phase (of each, with `gradual`). Defaults to 10.
+        head_learning_rate: Defaults to 1e-3.
+        finetune_learning_rate: Defaults to 1e-4.
+        gradual: One phase per block above the cut instead of one. Defaults to False.
+        base: Selectors of the pretrained part. Defaults to the probe's `base`.
+
+    Returns:
+        The phases, to print, edit, save with the CLI's YAML or pass to `FineTune`.
+
+    Example:
+
+    >>> import keras, numpy as np, frostline as fl
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="low"),
+    ...                           keras.layers.Dense(8, name="high")], name="base")
+    >>> model = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="head")])
+    >>> x = np.random.default_rng(0).random((64, 4), dtype="float32")
+    >>> y = (x[:, 0] > 0.5).astype("int32")
+    >>> result = fl.probe(model, x, y, validation_data=(x, y), cuts=["base/low"], epochs=2)
+    >>> for phase in fl.schedules.from_probe(result):
+    ...     print(phase)
+    Phase('head', epochs=10, plan=Plan(freeze base; inference base), learning_rate=0.001)
+    Phase('finetune', epochs=10, plan=Plan(unfreeze base; freeze base/low), learning_rate=0.0001)
+    """
+    data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    rows = [dict(row) for row in data.get("rows", [])]
+    if not rows:
+        raise FrostlineValueError("Expected a probe result with at least one row. Received none.")
+    base_selectors = data.get("base") if base is None else ([base] if isinstance(base, str) else list(base))
+    if not base_selectors:
+        raise FrostlineValueError("Expected the probe's base, or base=[...] naming the pretrained part. Received none.")
+    inside = [i for i, row in enumerate(rows) if row.get("in_base", True)]
+    phases = [Phase("head", epochs=head_epochs, plan=Plan().freeze(base_selectors).inference(base_selectors),
+                    learning_rate=head_learning_rate)]
+    if not inside:
+        return phases
+    target = max(inside, key=lambda i: (rows[i]["score"], i))
+    if rows[target].get("whole_base"):
+        below = [i for i in inside if i < target and not rows[i].get("whole_base")]
+        if not below:
+            return phases
+        target = below[-1]
+    steps = [i for i in inside if i > target and not rows[i].get("whole_base")][::-1] if gradual else []
+    for i in [*steps, target]:
+        name = "finetune" if not gradual else f"above {rows[i]['cut'].rsplit('/', 1)[-1]}"
+        phases.append(Phase(name, epochs=finetune_epochs, learning_rate=finetune_learning_rate,
+                            plan=Plan().unfreeze(base_selectors).freeze(rows[i]["freeze"])))
+    return phases
