@@ -101,6 +101,13 @@ MISTAKES = [
      "data.image_size: the base takes images of 16x16"),
     ("a phase whose plan freezes everything", config(**{"phases.1.plan": {"rules": [{"freeze": "**"}]}}),
      "phases[1].plan: phase 'top' would train nothing"),
+    ("`cache: memroy`", config(**{"phases.0.cache": "memroy"}), "phases[0].cache: expected auto, memory, disk or false"),
+    ("`cache_views: 0`", config(**{"phases.0.cache_views": 0}), "phases[0].cache_views: Input should be greater than 0"),
+    ("`cache_views` with `cache: false`", config(**{"phases.0.cache": False, "phases.0.cache_views": 2}),
+     "phases[0].cache_views: 2 asks for cached views"),
+    ("`cache_views` with nothing random", config(**{"phases.0.cache_views": 2}), "phases[0].cache_views: Phase 'head'"),
+    ("`cache: memory` where it cannot apply", config(**{"phases.0.cache": "memory"}),
+     "phases[0].cache: phase 'head' asks for cache: memory, which cannot apply"),
 ]
 
 

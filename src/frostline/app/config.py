@@ -22,6 +22,7 @@ phases:
     epochs: 5
     learning_rate: 0.001
     plan: {rules: [{freeze: base}]}
+    cache: auto                   # auto | memory | disk | false; cache_views: K with augmentation
 optimizer: adam
 loss: sparse_categorical_crossentropy
 metrics: [accuracy]
@@ -41,7 +42,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator, model_validator,
 )
 
-from frostline.errors import ConfigError
+from frostline.errors import ConfigError, did_you_mean
 from frostline.plan.safe_yaml import MAX_YAML_BYTES, decode_yaml, load_yaml
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ Positive = Annotated[StrictInt, Field(gt=0)]
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 # Folders no run may write into: the kernel's views of processes, devices and the system.
 _SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+_CACHE_MODES = ("auto", "memory", "disk")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -113,6 +115,18 @@ class PhaseSpec(_Strict):
     learning_rate: Number | None = Field(default=None, gt=0)
     plan: dict[str, Any] | list[Any] = Field(default_factory=dict)
     early_stopping: dict[str, Any] | None = None
+    cache: Literal["auto", "memory", "disk", False] = "auto"
+    cache_views: Positive | None = None
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_mode(cls, value: Any) -> Any:
+        if value is True:  # as fl.Phase reads it
+            return "auto"
+        if value is False or (isinstance(value, str) and value in _CACHE_MODES):
+            return value
+        hint = did_you_mean(value, _CACHE_MODES) if isinstance(value, str) else ""
+        raise ValueError(f"expected auto, memory, disk or false (true is auto); received {value!r}.{hint}")
 
     def to_plan(self) -> Plan:
         """The phase's plan (this imports Keras, as `Plan` does; `load_config` does not)."""
@@ -157,13 +171,16 @@ class TrainConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _distinct_phase_names(self) -> TrainConfig:
+    def _distinct_phase_names(self) -> TrainConfig:  # and cache_views only where the cache is on
         seen: dict[str, int] = {}
         for i, phase in enumerate(self.phases):
             if phase.name in seen:
                 raise ValueError(f"phases[{i}].name: expected each phase to have its own name; received "
                                  f"{phase.name!r}, the name of phases[{seen[phase.name]}] too. Rename one of them.")
             seen[phase.name] = i
+            if phase.cache_views is not None and phase.cache is False:
+                raise ValueError(f"phases[{i}].cache_views: {phase.cache_views} asks for cached views of augmented "
+                                 "samples, but cache: false turns the cache off. Drop one of them.")
         return self
 
 

@@ -24,8 +24,10 @@ from frostline.app.preflight import check_against_model, check_config, check_dat
 from frostline.app.plots import plot_frost_lines, plot_history
 from frostline.app.progress import progress_callbacks
 from frostline.apply.apply import scoped
-from frostline.errors import ConfigError, PlanError
+from frostline.cache.policy import FitInputs, reason_not_to_cache
+from frostline.errors import ConfigError, FrostlineTypeError, FrostlineValueError, NotCacheable, PlanError
 from frostline.train.checkpoint import read_latest
+from frostline.train.checks import check_cache
 from frostline.train.distribute import data_parallel
 from frostline.train.phase import Phase
 from frostline.train.runner import FineTune
@@ -169,9 +171,36 @@ def validate_plans(model: keras.Model, config: TrainConfig) -> list[Phase]:
                     f"phases[{i}].plan: phase {spec.name!r} would train nothing: after its plan (on top of the "
                     f"phases before it) every layer is frozen. Unfreeze at least the head, e.g. "
                     f"rules: [{{freeze: base}}], or remove the phase.")
-            phases.append(Phase(spec.name, epochs=spec.epochs, plan=plan, learning_rate=spec.learning_rate,
-                                early_stopping=spec.early_stopping))
+            try:
+                phases.append(Phase(spec.name, epochs=spec.epochs, plan=plan, learning_rate=spec.learning_rate,
+                                    early_stopping=spec.early_stopping, cache=spec.cache,
+                                    cache_views=spec.cache_views))
+            except (FrostlineValueError, FrostlineTypeError) as e:  # what the schema let through
+                raise ConfigError(f"phases[{i}]: {e}") from None
     return phases
+
+
+def _check_caches(run: FineTune, config: TrainConfig, x: Any, y: Any, validation: Any) -> None:
+    """Each phase's cache settings against the data and the model, named by their place:
+    `cache: memory` or `disk` where the cache cannot apply (as far as that is known before
+    the phase's activations are computed), `cache_views` with nothing random in front of
+    the frozen part."""
+    x, validation, fit_kwargs = fit_ready(x, validation, batch_size=config.data.batch_size)
+    inputs = FitInputs(x, y, validation, _fit_batch_size(config), fit_kwargs)
+    with contextlib.ExitStack() as stack:
+        for i, phase in enumerate(run.phases):
+            try:
+                check_cache([phase], run.model, x, fit_kwargs)
+            except NotCacheable as e:
+                raise ConfigError(f"phases[{i}].cache: {e}") from None
+            except FrostlineValueError as e:
+                raise ConfigError(f"phases[{i}].cache_views: {e}") from None
+            stack.enter_context(scoped(run.model, phase.plan))
+            if phase.cache in ("memory", "disk"):
+                reason = reason_not_to_cache(run.model, inputs, epochs=phase.epochs, processes=run.distributed.processes)
+                if reason is not None:
+                    raise ConfigError(f"phases[{i}].cache: phase {phase.name!r} asks for cache: {phase.cache}, which "
+                                      f"cannot apply: {reason} Use cache: auto, which trains without it then.")
 
 
 def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
@@ -205,6 +234,7 @@ def _checked_run(config: TrainConfig, model: keras.Model, *, resume: bool, data:
         read_latest(checkpoints)  # no checkpoint: say so before writing
     run = FineTune(model, phases, optimizer=optimizer, loss=config.loss, metrics=list(config.metrics),
                    checkpoint_dir=checkpoints, seed=config.seed, distribution=distribution)
+    _check_caches(run, config, x, y, validation)
     try:
         run.distributed.check_batches(None, config.data.batch_size, "training data")
         run.check(x, y, validation_data=validation, batch_size=_fit_batch_size(config))
