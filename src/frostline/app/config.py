@@ -36,6 +36,7 @@ distribution:                     # optional: data parallel (JAX)
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -208,7 +209,7 @@ def _message(error: dict) -> str:
 
 def _check_output(output: str, config_path: str) -> None:
     """Refuses an output folder that is the config file, a file, a system folder, or
-    inside a folder this user cannot write to; creates nothing."""
+    inside a folder this user cannot write to; leaves nothing behind."""
     out = os.path.realpath(output)
     if out == os.path.realpath(config_path):
         raise ConfigError(f"output: expected a folder to write the run into; received the config file itself "
@@ -226,10 +227,25 @@ def _check_output(output: str, config_path: str) -> None:
     if not os.path.isdir(existing):
         raise ConfigError(f"output: expected a folder; {existing!r} on the way to {output!r} is a file.")
     read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-    if read_only or not os.access(existing, os.W_OK | os.X_OK):
-        why = "on a read-only file system" if read_only else "not writable by this user"
+    why = "on a read-only file system" if read_only else None
+    if why is None and not os.access(existing, os.W_OK | os.X_OK):
+        why = "not writable by this user"
+    if why is None:
+        why = _write_refused(existing)
+    if why is not None:
         raise ConfigError(f"output: {output!r} cannot be written: {existing!r} is {why}. "
                           "Write to a folder this user can write to.")
+
+
+def _write_refused(folder: str) -> str | None:
+    """Why making a folder in `folder` fails, or None when it works: an empty folder is
+    made and removed at once. Permission bits do not tell (root passes them; an immutable
+    folder, a read-only network share or a security policy refuse what they allow)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".frostline-write-check-", dir=folder))
+    except OSError as e:
+        return f"not writable by this user ({os.strerror(e.errno) if e.errno else e})"
+    return None
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
