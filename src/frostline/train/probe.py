@@ -297,7 +297,7 @@ def _run(model: keras.Model, graph: GraphCuts, train_passes: Any, validation_pas
             mean, std = y.mean(axis=0), y.std(axis=0) + 1e-12
             y, yv = (y - mean) / std, (yv - mean) / std
         heads = _heads(features, task, units, seed, learning_rate)
-        heads.fit(_Shuffled(features, y, batch_size, seed), epochs=epochs, verbose=0)
+        heads.fit(_Shuffled(features, y, batch_size, seed), epochs=epochs, verbose=0, shuffle=False)
         outputs = heads.predict(list(val_features), batch_size=max(batch_size, 256), verbose=0)
         outputs = outputs if isinstance(outputs, list) else [outputs]
         scores = _scores(task, outputs, yv)
