@@ -54,6 +54,11 @@ class ProbeResult:
         parameters left to train)."""
         return max(enumerate(self.rows), key=lambda item: (item[1]["score"], item[0]))[1]
 
+    def __repr__(self) -> str:
+        best = self.best
+        return (f"ProbeResult(model={self.model!r}, cuts={len(self.rows)}, best={best['cut']!r}, "
+                f"{self.metric}={best['score']:.3f})")
+
     def __str__(self) -> str:
         best = self.best
         width = max(len("cut"), *(len(r["cut"]) for r in self.rows))
