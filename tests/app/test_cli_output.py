@@ -4,8 +4,8 @@ be able to write past the mode, so when the tests run as root, the command runs 
 without the capabilities that let root ignore permissions (CAP_DAC_OVERRIDE and
 CAP_DAC_READ_SEARCH): a plain user, as far as permission bits go, with the same Python."""
 
-import ctypes
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -13,33 +13,23 @@ import sys
 import pytest
 import yaml
 
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
-
-
-def _without_permission_override():
-    """In the child, before exec: root keeps no capability to write past permission bits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def _can_drop_override() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_without_permission_override,
-                           capture_output=True)
-    return probe.returncode == 0
+# Runs a command with root's permission override (and its override for reading) taken from
+# its bounding set, so that the command cannot get them back when it execs Python. (Not a
+# preexec_fn: forking a process that runs JAX threads is what JAX warns against.)
+WITHOUT_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 def frostline_train(config, cwd):
     """`python -m frostline train CONFIG` as a user whom a folder's mode binds."""
-    root = os.geteuid() == 0
-    if root and (not sys.platform.startswith("linux") or not _can_drop_override()):
-        pytest.skip("running as root, and root's CAP_DAC_OVERRIDE cannot be dropped here (prctl refused), so a "
-                    "folder of mode 0o555 does not stop this user's writes")
-    return subprocess.run([sys.executable, "-m", "frostline", "train", config], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
-                          preexec_fn=_without_permission_override if root else None)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = WITHOUT_OVERRIDE
+        works = shutil.which("setpriv") and subprocess.run([*prefix, sys.executable, "-c", "pass"]).returncode == 0
+        if not works:
+            pytest.skip("running as root, and root's CAP_DAC_OVERRIDE cannot be dropped here (no setpriv, or it was "
+                        "refused), so a folder of mode 0o555 does not stop this user's writes")
+    return subprocess.run([*prefix, sys.executable, "-m", "frostline", "train", config], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
 
 
 def tree(folder):
