@@ -219,7 +219,7 @@ def _markdown(outcome: ProbeOutcome, spec: ProbeSpec, train_config: TrainConfig)
     for row in result.rows:
         cells = [f"`{row['cut']}`", row["layer"], str(row["features"]),
                  f"{_count(row['frozen_params'])} ({row['frozen_fraction']:.0%})", f"{row['score']:.3f}",
-                 f"{row['loss']:.4g}"]
+                 f"{row['loss']:.3f}"]
         if row is best:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
@@ -245,11 +245,7 @@ def _markdown(outcome: ProbeOutcome, spec: ProbeSpec, train_config: TrainConfig)
     lines += [
         "",
         "The phases are in `phases.yaml`, and `train.yaml` is the configuration with them, writing to "
-        f"`{train_config.output}`:",
-        "",
-        "```",
-        f"frostline train {outcome.files['train.yaml']}",
-        "```",
+        f"`{train_config.output}`. Run them with `frostline train {outcome.files['train.yaml']}`.",
         "",
     ]
     return "\n".join(lines)
