@@ -123,6 +123,12 @@ def test_one_hot_labels_are_classes():
     assert result.metric == "accuracy" and result.best["cut"] == "base/keep"
 
 
+def test_whole_float_labels_of_a_classifier_are_classes():
+    model, (x, y), (xv, yv) = bottleneck_task()
+    result = fl.probe(model, x, y.astype("float32"), validation_data=(xv, yv.astype("float32")))
+    assert result.metric == "accuracy" and result.best["cut"] == "base/keep"
+
+
 def test_the_result_prints_round_trips_and_plots(tmp_path):
     model, (x, y), validation = bottleneck_task()
     result = fl.probe(model, x, y, validation_data=validation)

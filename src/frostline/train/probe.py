@@ -132,12 +132,19 @@ def _pass(extractor: keras.Model, passes: Any, sink: _Features, what: str) -> No
         raise FrostlineValueError(f"The {what} data gave no samples.")
 
 
+def _whole(a: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(a)) and np.all(a == np.round(a)) and a.min() >= 0)
+
+
 def _task(y: np.ndarray, yv: np.ndarray, units: int) -> tuple[str, np.ndarray, np.ndarray, int]:
     """("classification" | "regression", y, yv, output units)."""
     if y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all() and np.all(y.sum(axis=1) == 1):
         y, yv = y.argmax(axis=1), (yv.argmax(axis=1) if yv.ndim == 2 else yv)
     squeeze = (lambda a: a.reshape(len(a)) if a.ndim == 2 and a.shape[1] == 1 else a)
     y, yv = squeeze(y), squeeze(yv)
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and units > 1 and _whole(y) and _whole(yv) \
+            and max(y.max(), yv.max()) < units:
+        y, yv = y.astype("int64"), yv.astype("int64")  # class indices stored as floats, for a classifier's head
     if y.ndim == 1 and (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
         if y.min() < 0 or yv.min() < 0:
             raise FrostlineValueError(f"Expected class labels from 0. Received labels down to {min(y.min(), yv.min())}.")
@@ -225,7 +232,8 @@ def probe(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any, cu
             first).
         x: Training inputs: arrays, or a dataset of `(x, y)` batches (`tf.data`,
             `PyDataset`, grain, torch `DataLoader`).
-        y: Training labels, with arrays: class indices (or one-hot rows) for a classifier,
+        y: Training labels, with arrays: class indices (or one-hot rows) for a classifier
+            (whole numbers below the model's output width count as classes, floats too);
             anything else is regression.
         validation_data: `(x_val, y_val)` or a dataset; the probes are scored on it.
         cuts: `"auto"` (the model's block boundaries, at most 24) or a list of selectors;
