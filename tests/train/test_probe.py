@@ -153,7 +153,7 @@ def test_gradual_from_probe_unfreezes_one_block_per_phase():
         row["score"] = score
     data = dict(result.to_dict(), rows=rows)
     phases = fl.schedules.from_probe(data, gradual=True)
-    assert [p.name for p in phases] == ["head", "above block1_out", "above stem_relu"]
+    assert [p.name for p in phases] == ["head", "above base/block1_out", "above base/stem_relu"]
     assert str(phases[1].plan) == "Plan(unfreeze base; freeze base[:6])"
     assert str(phases[2].plan) == "Plan(unfreeze base; freeze base/stem_conv, base/stem_bn)"
     # The whole base winning: the finetune phase unfreezes the top block.

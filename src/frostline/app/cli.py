@@ -1,4 +1,4 @@
-"""The `frostline` command line: inspect, train, demo, bench.
+"""The `frostline` command line: inspect, train, probe, demo, bench.
 
 Keras is imported only once a command needs it, so that `--help` and `--version` start at
 once and a backend that cannot start is one line, like every other error (see failures.py).
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from frostline import _backend
 from frostline.app.failures import (
-    EXIT_BROKEN_PIPE, EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_STORAGE, CommandError, describe, one_line, storage_message,
+    EXIT_BROKEN_PIPE, EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_STORAGE, CommandError, describe, one_line, resume_hint,
+    storage_message,
 )
 from frostline.errors import CheckpointError, ConfigError, FrostlineError, PlanError
 
@@ -183,17 +184,6 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(checkpoints: str) -> str:
-    """Where a stopped run can go on from: the epoch its last checkpoint was written after."""
-    from frostline.train.checkpoint import read_latest
-
-    try:
-        _, state = read_latest(checkpoints)
-    except (CheckpointError, OSError):
-        return "before its first epoch ended; nothing to resume, run it again"
-    return f"after epoch {state['epoch_done']}; continue with --resume"
-
-
 def _train(args: argparse.Namespace) -> int:
     from frostline.app.config import load_config
 
@@ -212,13 +202,18 @@ def _train(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise CommandError(f"{args.config}: {e}", EXIT_CHECKPOINT) from None
     except KeyboardInterrupt:
-        raise _Interrupted(f"interrupted {_progress(checkpoints)}") from None
+        raise _Interrupted(f"interrupted {resume_hint(checkpoints)}") from None
     except OSError as e:  # fl.StorageError too: the phase was undone, its checkpoints are intact
         if isinstance(e, FileNotFoundError):
             raise
-        raise CommandError(f"{storage_message(e, config.output)} The run stopped {_progress(checkpoints)}.", EXIT_STORAGE) from e
+        raise CommandError(f"{storage_message(e, config.output)} The run stopped {resume_hint(checkpoints)}.", EXIT_STORAGE) from e
     print(f"wrote {config.output}: " + ", ".join(os.path.basename(p) for p in files.values()))
     return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from frostline.app.probe_job import command  # imports Keras once the config is checked
+    return command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -324,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_train)
+
+    from frostline.app.probe_config import DESCRIPTION, HELP
+
+    probe = commands.add_parser("probe", parents=[debug], help=HELP, description=DESCRIPTION)
+    probe.add_argument("config", metavar="CONFIG.yaml")
+    probe.set_defaults(handler=_probe)
 
     demo = commands.add_parser(
         "demo", parents=[debug],

@@ -43,6 +43,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator, model_validator,
 )
 
+from frostline.app.probe_config import ProbeSpec
 from frostline.errors import ConfigError, did_you_mean
 from frostline.plan.safe_yaml import MAX_YAML_BYTES, decode_yaml, load_yaml
 
@@ -162,6 +163,7 @@ class TrainConfig(_Strict):
     output: str
     seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = 0
     distribution: DistributionSpec | None = None
+    probe: ProbeSpec | None = None  # frostline probe's; frostline train ignores it
 
     @field_validator("output")
     @classmethod

@@ -12,7 +12,7 @@ from frostline.errors import (
 
 __all__ = [
     "EXIT_BACKEND", "EXIT_BROKEN_PIPE", "EXIT_CHECKPOINT", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_STORAGE",
-    "CommandError", "describe", "one_line", "storage_message",
+    "CommandError", "describe", "one_line", "resume_hint", "storage_message",
 ]
 
 EXIT_INTERNAL = 1  # an unexpected error: a bug to report, with the traceback from --debug
@@ -79,3 +79,14 @@ def describe(error: Exception) -> CommandError:
     what = reason if isinstance(error, FrostlineError) else f"unexpected {type(error).__name__}" + (
         f": {reason}" if reason else "")
     return CommandError(f"{what} (run with --debug for the traceback)", EXIT_INTERNAL)
+
+
+def resume_hint(checkpoints: str) -> str:
+    """Where a stopped run can go on from: the epoch its last checkpoint was written after."""
+    from frostline.train.checkpoint import read_latest
+
+    try:
+        _, state = read_latest(checkpoints)
+    except (CheckpointError, OSError):
+        return "before its first epoch ended; nothing to resume, run it again"
+    return f"after epoch {state['epoch_done']}; continue with --resume"

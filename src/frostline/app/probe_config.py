@@ -20,17 +20,21 @@ Keras: the selectors are resolved against the model by `probe_job`.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from frostline.errors import ConfigError
 
-if TYPE_CHECKING:
-    from frostline.app.config import TrainConfig
 
-__all__ = ["ProbeSpec", "ScheduleSpec", "check_validation_data", "load_probe_config"]
+__all__ = ["DESCRIPTION", "HELP", "ProbeSpec", "ScheduleSpec", "check_validation_data"]
+
+HELP = "score a linear probe at every cut of a train config's model; write the schedule it implies"
+DESCRIPTION = (
+    "Validate CONFIG, a 'frostline train' config with an optional probe: section (nothing runs or is written if "
+    "anything is wrong), train a linear head at each cut of its model on the frozen activations, score each on the "
+    "validation data, and write the output folder: probe.md, probe.png, probe.json, phases.yaml and train.yaml, "
+    "which 'frostline train' runs as it is.")
 
 _Positive = Annotated[StrictInt, Field(gt=0)]
 _Rate = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
@@ -75,17 +79,7 @@ class ProbeSpec(_Strict):
         return tuple(value)
 
 
-def load_probe_config(path: str | os.PathLike[str]) -> tuple[TrainConfig, ProbeSpec]:
-    """The configuration, checked as `frostline train` checks it (`config.load_config`),
-    and its `probe:` section (the defaults if it has none)."""
-    from frostline.app.config import load_config
-
-    config = load_config(path)
-    spec = getattr(config, "probe", None)
-    return config, spec if spec is not None else ProbeSpec()
-
-
-def check_validation_data(config: TrainConfig) -> None:
+def check_validation_data(config: Any) -> None:
     """The probe scores its heads on validation data: the `.npz` file's `x_val` and `y_val`,
     or `data.validation_split`. Reads only the `.npz` file's list of arrays.
 

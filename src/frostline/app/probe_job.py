@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from frostline.app.probe_config import ProbeSpec, check_validation_data, load_probe_config
+from frostline.app.config import load_config
+from frostline.app.probe_config import ProbeSpec, check_validation_data
 from frostline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,6 +48,14 @@ class ProbeOutcome:
     phases: list[Phase]
     files: dict[str, str]  # file name -> path
     seconds: float  # of fl.probe
+
+
+def load_probe_config(path: str | os.PathLike[str]) -> tuple[TrainConfig, ProbeSpec]:
+    """The configuration, checked as `frostline train` checks it (`config.load_config`),
+    and its `probe:` section (the defaults if it has none)."""
+    config = load_config(path)
+    spec = getattr(config, "probe", None)
+    return config, spec if spec is not None else ProbeSpec()
 
 
 def command(args: argparse.Namespace) -> int:

@@ -202,7 +202,7 @@ def from_probe(
         target = below[-1]
     steps = [i for i in inside if i > target and not rows[i].get("whole_base")][::-1] if gradual else []
     for i in [*steps, target]:
-        name = "finetune" if not gradual else f"above {rows[i]['cut'].rsplit('/', 1)[-1]}"
+        name = "finetune" if not gradual else f"above {rows[i]['cut']}"
         phases.append(Phase(name, epochs=finetune_epochs, learning_rate=finetune_learning_rate,
                             plan=Plan().unfreeze(base_selectors).freeze(rows[i]["freeze"])))
     return phases
