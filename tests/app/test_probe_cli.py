@@ -65,6 +65,17 @@ def probed(tmp_path_factory):
     return workdir, result
 
 
+def test_a_probe_config_needs_no_phases(tmp_path):
+    workdir = make_workdir(tmp_path)
+    result = run_frostline("probe", write(workdir, config(phases=None)), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    written = yaml.safe_load((workdir / "run" / "train.yaml").read_text())
+    assert [phase["name"] for phase in written["phases"]][0] == "head"
+    # frostline train still asks for them.
+    train = run_frostline("train", write(workdir, config(phases=None, output="other"), "train.yaml"), cwd=workdir)
+    assert train.returncode == 2 and "phases" in train.stderr and not (workdir / "other").exists()
+
+
 def test_probe_prints_the_table_and_writes_the_five_files(probed):
     workdir, result = probed
     out = workdir / "run"

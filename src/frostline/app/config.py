@@ -250,9 +250,10 @@ def _write_refused(folder: str) -> str | None:
     return None
 
 
-def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+def load_config(path: str | os.PathLike[str], *, default_phases: list[dict] | None = None) -> TrainConfig:
     """Reads and validates a configuration file; relative paths in it are taken from
-    the file's folder.
+    the file's folder. `default_phases` stand in for a file without `phases:` (the
+    probe's, which writes its own); without them `phases:` is required.
 
     Raises:
         ConfigError: naming the YAML path of the culprit, for a missing file, malformed
@@ -272,6 +273,8 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     raw = load_yaml(decode_yaml(data, error=ConfigError, what="config"), error=ConfigError, what="", aliases=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping of settings at the top level; received {type(raw).__name__}")
+    if default_phases is not None and "phases" not in raw:
+        raw = {**raw, "phases": default_phases}
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as e:

@@ -52,8 +52,9 @@ class ProbeOutcome:
 
 def load_probe_config(path: str | os.PathLike[str]) -> tuple[TrainConfig, ProbeSpec]:
     """The configuration, checked as `frostline train` checks it (`config.load_config`),
-    and its `probe:` section (the defaults if it has none)."""
-    config = load_config(path)
+    and its `probe:` section (the defaults if it has none). `phases:` may be left out: the
+    probe writes its own (a stand-in phase that plans nothing is checked meanwhile)."""
+    config = load_config(path, default_phases=[{"name": "probe", "epochs": 1}])
     spec = getattr(config, "probe", None)
     return config, spec if spec is not None else ProbeSpec()
 
