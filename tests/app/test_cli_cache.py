@@ -18,12 +18,17 @@ def folder(tmp_path_factory):
     augmenting.save(work / "augmenting.keras")
     rng = np.random.default_rng(0)
     np.savez(work / "data.npz", x_train=rng.random((16, 16, 16, 1), dtype="float32"), y_train=np.arange(16) % 3)
+    from PIL import Image
+
+    for i in range(12):  # an image folder: 3 classes of grey 16x16 images
+        (work / "images" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(work / "images" / f"c{i % 3}" / f"{i}.png")
     return work
 
 
-def train(folder, name, base="base.keras", **phase):
+def train(folder, name, base="base.keras", data=None, **phase):
     config = {
-        "base": {"keras": base}, "head": {"classes": 3}, "data": {"npz": "data.npz", "batch_size": 4},
+        "base": {"keras": base}, "head": {"classes": 3}, "data": data or {"npz": "data.npz", "batch_size": 4},
         "phases": [{"name": "head", "epochs": 2, "plan": {"rules": [{"freeze": "base"}]}, **phase}],
         "output": f"run_{name}",
     }
@@ -60,11 +65,15 @@ def test_cache_views_caches_views_of_an_augmenting_base(folder):
     ("views_bool", {"cache_views": True}, "phases[0].cache_views: Input should be a valid integer; received true, a boolean"),
     ("views_off", {"cache": False, "cache_views": 2}, "phases[0].cache_views: 2 asks for cached views"),
     ("views_arrays", {"cache_views": 2}, "phases[0].cache_views: Phase 'head' has cache_views=2, but nothing random"),
+    ("views_folder", {"cache_views": 2}, "phases[0].cache_views: Phase 'head' has cache_views=2, but nothing random"),
     ("one_epoch", {"cache": "disk", "epochs": 1}, "phases[0].cache: phase 'head' asks for cache: disk, which cannot "
                                                  "apply: a phase of one epoch computes each activation once anyway."),
 ])
 def test_bad_cache_settings_are_one_line_exit_2_and_write_nothing(folder, name, phase, message):
-    result = train(folder, name, **phase)
+    data = None
+    if name == "views_folder":
+        data = {"images": "images", "image_size": [16, 16], "color_mode": "grayscale", "batch_size": 4}
+    result = train(folder, name, data=data, **phase)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"frostline train: error: {name}.yaml: {message}"), lines[0]

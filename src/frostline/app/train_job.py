@@ -190,7 +190,8 @@ def _check_caches(run: FineTune, config: TrainConfig, x: Any, y: Any, validation
     with contextlib.ExitStack() as stack:
         for i, phase in enumerate(run.phases):
             try:
-                check_cache([phase], run.model, x, fit_kwargs)
+                # frostline's own image-folder datasets map nothing at random
+                check_cache([phase], run.model, x, fit_kwargs, same_every_pass=config.data.images is not None)
             except NotCacheable as e:
                 raise ConfigError(f"phases[{i}].cache: {e}") from None
             except FrostlineValueError as e:

@@ -99,10 +99,12 @@ def check_batches(distributed: DistributedRun, x: Any, *, validation_data: Any =
         distributed.check_batches(samples(validation_data[0]), validation_batch, "validation data")
 
 
-def check_cache(phases: Sequence[Phase], model: keras.Model, x: Any, fit_kwargs: Mapping[str, Any]) -> None:
+def check_cache(phases: Sequence[Phase], model: keras.Model, x: Any, fit_kwargs: Mapping[str, Any], *,
+                same_every_pass: bool = False) -> None:
     """Refuses, before anything trains, a phase whose `cache="memory"` or `"disk"`
     cannot read the data (an infinite dataset, a generator without `steps_per_epoch`),
-    and `cache_views` on arrays for a model without a random layer.
+    and `cache_views` on arrays (or on a dataset known to give the same samples on every
+    pass, `same_every_pass`) for a model without a random layer.
 
     Raises:
         NotCacheable: for the first.
@@ -114,10 +116,10 @@ def check_cache(phases: Sequence[Phase], model: keras.Model, x: Any, fit_kwargs:
             reason = data_reason(x, steps_per_epoch=fit_kwargs.get("steps_per_epoch"))
             if reason is not None:
                 raise NotCacheable(f"Phase {phase.name!r} asks for cache={phase.cache!r}, which cannot apply: {reason}")
-        if phase.cache_views and not dataset and not any(draws_random_numbers(l) for l in _keras.all_layers(model)):
+        if phase.cache_views and (same_every_pass or not dataset) and not any(draws_random_numbers(l) for l in _keras.all_layers(model)):
             raise FrostlineValueError(
                 f"Phase {phase.name!r} has cache_views={phase.cache_views}, but nothing random comes before its "
-                "frozen part: the model has no random layer (such as RandomFlip) and arrays are the same on every "
+                "frozen part: the model has no random layer (such as RandomFlip) and the data is the same on every "
                 "pass. Remove cache_views, or put augmentation layers in front of the frozen base.")
 
 
