@@ -144,3 +144,20 @@ def test_frozen_batch_norm_keeps_its_statistics_in_fit():
     before = [numpy(v) for v in bn.weights]
     fit_twice(model)
     assert all(np.array_equal(b, numpy(v)) for b, v in zip(before, bn.weights))
+
+
+def test_unfreezing_a_base_with_a_normalization_layer_leaves_its_integer_count_alone():
+    # Normalization keeps an int32 `count` next to its mean and variance (EfficientNet's
+    # base has one): it never trains, and it is not a quantized kernel.
+    x = np.random.default_rng(0).random((16, 8, 8, 3), dtype="float32")
+    inputs = keras.Input((8, 8, 3))
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    base = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="conv")(norm(inputs)), name="base")
+    model = keras.Sequential([keras.Input((8, 8, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, name="head")])
+    fl.apply(model, fl.Plan().freeze("base"))
+    fl.apply(model, fl.Plan().unfreeze("base"))
+    assert sorted(v.path for v in model.trainable_weights) == sorted(
+        v.path for v in [*base.get_layer("conv").weights, *model.get_layer("head").weights])
+    assert not any(v.trainable for v in norm.weights)

@@ -300,8 +300,11 @@ def _quantized_unfrozen(rule: Rule, layers: list[LayerNode], variables: list[tup
     """`(path, id)` of the quantized variables a rule would unfreeze."""
     if rule.settings().get("trainable") is not True:
         return []
-    found = [(n, v) for n in layers for v in n.variables if is_quantized(v)]
-    found += [(n, v) for n, v in variables if is_quantized(v)]
+    # An integer variable of a layer that is not quantized is a count or an index
+    # (Normalization's `count`), which never trains and is not a quantized kernel.
+    quantized = lambda n, v: is_quantized(v) and getattr(n.layer, "quantization_mode", None) is not None  # noqa: E731
+    found = [(n, v) for n in layers for v in n.variables if quantized(n, v)]
+    found += [(n, v) for n, v in variables if quantized(n, v)]
     return [(n.variable_path(v), id(v)) for n, v in found]
 
 
