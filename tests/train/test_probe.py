@@ -182,6 +182,46 @@ def _unused_branch_model():
     return keras.Model(outer, keras.layers.Dense(2, name="head")(base(outer)[0]))
 
 
+def test_layer_names_like_the_probes_own_and_a_flat_model_with_conv_bn_relu_blocks():
+    inputs = keras.Input((8, 8, 3))
+    h = inputs
+    for i in (0, 1):  # DenseNet names its layers pool0, pool1, ...
+        h = keras.layers.Conv2D(4, 3, padding="same", name=f"c{i}")(h)
+        h = keras.layers.BatchNormalization(name=f"bn{i}")(h)
+        h = keras.layers.ReLU(name=f"r{i}")(h)
+        h = keras.layers.MaxPooling2D(name=f"pool{i}")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D(name="gap")(h)))
+    x, y = images()
+    result = fl.probe(model, x, y, validation_data=images(24, seed=1), epochs=1)
+    # A convolution, its BatchNormalization, ReLU and pooling are one block: one cut after each.
+    assert [row["cut"] for row in result.rows] == ["pool0", "gap"]
+
+
+def test_auto_cuts_skip_a_branch_one_input_bypasses_and_the_new_head():
+    image, vector = keras.Input((8, 8, 3), name="image"), keras.Input((4,), name="vector")
+    inner = keras.Input((8, 8, 3))
+    base = keras.Model(inner, keras.layers.GlobalAveragePooling2D(name="gap")(
+        keras.layers.Conv2D(4, 3, name="conv")(inner)), name="base")
+    joined = keras.layers.Concatenate(name="join")([base(image), keras.layers.Dense(4, name="side")(vector)])
+    hidden = keras.layers.Dropout(0.5, name="drop")(keras.layers.Dense(8, name="hidden")(joined))
+    model = keras.Model([image, vector], keras.layers.Dense(3, name="head")(hidden))
+    x, y = images()
+    data = [x, np.ones((len(x), 4), "float32")]
+    result = fl.probe(model, data, y, validation_data=(data, y), epochs=1)
+    # The base's own boundaries (conv and gap are one block); join is computed from the
+    # new side layer too, and hidden and drop lie in the new head.
+    assert [row["cut"] for row in result.rows] == ["base/gap"], result.rows
+
+
+def test_a_cut_scores_the_same_whatever_else_is_probed():
+    model = residual_model()
+    x, y = images()
+    held_out = images(24, seed=1)
+    alone = fl.probe(model, x, y, validation_data=held_out, cuts=["base/block1_out"], epochs=3)
+    among = fl.probe(model, x, y, validation_data=held_out, epochs=3)
+    assert alone.rows[0]["score"] == [r for r in among.rows if r["cut"] == "base/block1_out"][0]["score"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("no validation", "Expected validation_data=(x_val, y_val)"),
     ("no cuts", "Expected cuts='auto' or a non-empty list of layer selectors"),
@@ -237,3 +277,64 @@ def test_auto_cuts_of_a_keras_applications_base_are_its_blocks():
         f"block_{i}_add" if i in (2, 4, 5, 7, 8, 9, 11, 12, 14, 15) else f"block_{i}_project_BN" for i in range(1, 17)]
     frozen = [row["frozen_params"] for row in result.rows]
     assert frozen == sorted(frozen) and frozen[-1] == base.count_params()
+
+
+class WeightedBatches(CountingBatches):
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x, y, np.ones(len(y), "float32")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("string labels", "Expected numeric training labels"),
+    ("lengths", "Expected as many training labels as inputs. Received 192 inputs and 100 labels."),
+    ("validation lengths", "Expected as many validation labels as inputs. Received 64 inputs and 10 labels."),
+    ("cuts None", "Expected cuts='auto', a selector or a list of selectors"),
+    ("seed", "Expected seed to be an int of 0 or more. Received: seed='x'"),
+    ("memory_limit", "Expected memory_limit to be an int of 0 or more. Received: memory_limit=-1"),
+    ("directory", "Expected directory to be an existing folder."),
+    ("dataset and y", "Expected y=None with a dataset as the training inputs"),
+    ("weights", "Expected validation_data=(x_val, y_val). Received three items"),
+    ("weighted batches", "Expected (x, y) batches of training data. Received sample weights too"),
+    ("sequence labels", "not one-hot: several labels per sample, or a label per step of a sequence"),
+    ("channels", "The training data does not fit the model's inputs: expected batches of shape (None, 8)"),
+    ("unbuilt", "Expected a built model. Received Sequential"),
+])
+def test_more_bad_input_is_one_clear_error(case, message, tmp_path):
+    model, (x, y), (xv, yv) = bottleneck_task()
+    kwargs = {"validation_data": (xv, yv)}
+    if case == "string labels":
+        y = np.array(["a", "b"])[y]
+    elif case == "lengths":
+        y = y[:100]
+    elif case == "validation lengths":
+        kwargs["validation_data"] = (xv, yv[:10])
+    elif case == "cuts None":
+        kwargs["cuts"] = None
+    elif case == "seed":
+        kwargs["seed"] = "x"
+    elif case == "memory_limit":
+        kwargs["memory_limit"] = -1
+    elif case == "directory":
+        kwargs["directory"] = tmp_path / "missing"
+    elif case == "dataset and y":
+        x = CountingBatches(x, y)
+    elif case == "weights":
+        kwargs["validation_data"] = (xv, yv, np.ones(len(yv)))
+    elif case == "weighted batches":
+        x, y = WeightedBatches(x, y), None
+    elif case == "sequence labels":
+        y = np.stack([y, y, y], axis=1)
+    elif case == "channels":
+        x = x[:, :4]
+    elif case == "unbuilt":
+        model = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(fl.FrostlineError) as raised:
+        fl.probe(model, x, y, **kwargs)
+    assert message in str(raised.value), str(raised.value)
+
+
+def test_labels_as_a_list_and_validation_as_a_list():
+    model, (x, y), (xv, yv) = bottleneck_task()
+    result = fl.probe(model, x, list(y), validation_data=[xv, yv])
+    assert result.best["cut"] == "base/keep" and result.metric == "accuracy"

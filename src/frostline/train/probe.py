@@ -15,6 +15,7 @@ import contextlib
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,8 @@ import numpy as np
 from frostline.cache.passes import DataPasses
 from frostline.cache.preprocess import batch_transform
 from frostline.cache.store import is_arrays, samples, sliced, to_numpy
-from frostline.errors import FrostlineTypeError, FrostlineValueError
+from frostline.errors import FrostlineTypeError, FrostlineValueError, shorten
+from frostline.train.probe_checks import check_arguments, check_data, labels, validation_parts
 from frostline.train.probe_cuts import GraphCuts, freeze_selectors, trace_cuts
 from frostline.train.probe_result import ProbeResult
 
@@ -92,16 +94,6 @@ class _Features:
         return self.files is not None
 
 
-def _labels(y: Any, what: str) -> np.ndarray:
-    if y is None:
-        raise FrostlineValueError(f"Expected labels with the {what} data. Received inputs only: pass y "
-                                  "(or a dataset of (x, y) batches).")
-    if isinstance(y, (dict, list, tuple)):
-        raise FrostlineValueError(f"Expected one label array for the {what} data (a single-output task). "
-                                  f"Received a {type(y).__name__} of labels.")
-    return np.asarray(y)
-
-
 class _Sliced:
     """Arrays in batches, each through the model's preprocessing: raw text and images,
     which Keras's array adapter cannot batch, as a keras-hub task's `fit` takes them."""
@@ -123,11 +115,29 @@ def _passes(x: Any, y: Any, batch_size: int, transform: Any) -> Any:
     return DataPasses(x, y, batch_size=batch_size, transform=transform)
 
 
+def _shapes(x: Any) -> str:
+    return ", ".join(str(tuple(a.shape)) for a in keras.tree.flatten(x) if hasattr(a, "shape"))
+
+
 def _pass(extractor: keras.Model, passes: Any, sink: _Features, what: str) -> None:
-    for x, y, _ in passes.next_pass():
-        out = extractor.predict_on_batch(x)
+    for x, y, w in passes.next_pass():
+        if w is not None:
+            raise FrostlineValueError(f"Expected (x, y) batches of {what} data. Received sample weights too: the "
+                                      "probe does not weight its scores; leave them out.")
+        y = labels(y, what)
+        try:
+            out = extractor.predict_on_batch(x)
+        except (ValueError, TypeError) as e:
+            if sink.rows:
+                raise
+            expected = ", ".join(str(tuple(t.shape)) for t in keras.tree.flatten(extractor.inputs))
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FrostlineValueError(
+                f"The {what} data does not fit the model's inputs: expected batches of shape {expected}, received "
+                f"{_shapes(x)} ({shorten(first, 200, quote=False)}). A dataset must be batched, and images "
+                "have the base's size and channels.") from None
         out = out if isinstance(out, (list, tuple)) else [out]
-        sink.add([np.asarray(o, "float32") for o in out], _labels(y, what))
+        sink.add([np.asarray(o, "float32") for o in out], y)
     if not sink.rows:
         raise FrostlineValueError(f"The {what} data gave no samples.")
 
@@ -174,7 +184,7 @@ class _Shuffled(keras.utils.PyDataset):
         self.order = self.rng.permutation(len(self.y))
 
 
-def _heads(features: list[np.ndarray], task: str, units: int, seed: int, learning_rate: float) -> keras.Model:
+def _heads(features: list[np.ndarray], task: str, units: int, seeds: list[int], learning_rate: float) -> keras.Model:
     inputs, outputs = [], []
     for i, f in enumerate(features):
         inp = keras.Input((f.shape[1],), name=f"cut{i}")
@@ -182,7 +192,7 @@ def _heads(features: list[np.ndarray], task: str, units: int, seed: int, learnin
         variance = np.maximum(f.var(axis=0, dtype="float64"), 1e-6)
         x = keras.layers.Normalization(mean=mean, variance=variance)(inp)
         outputs.append(keras.layers.Dense(units, name=f"head{i}",
-                                          kernel_initializer=keras.initializers.GlorotUniform(seed + i))(x))
+                                          kernel_initializer=keras.initializers.GlorotUniform(seeds[i]))(x))
         inputs.append(inp)
     heads = keras.Model(inputs, outputs, name="probe_heads")
     loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classification"
@@ -207,12 +217,7 @@ def _scores(task: str, outputs: list[np.ndarray], yv: np.ndarray) -> list[tuple[
     return scored
 
 
-def _data(data: Any, y: Any, batch_size: int, transform: Any) -> Any:
-    if isinstance(data, tuple):
-        if not 1 <= len(data) <= 3:
-            raise FrostlineValueError(f"Expected validation_data=(x_val, y_val). Received a tuple of {len(data)}.")
-        return _passes(data[0], data[1] if len(data) > 1 else None, batch_size, transform)
-    return _passes(data, y, batch_size, transform)
+
 
 
 def probe(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any, cuts: str | Sequence[str] = "auto",
@@ -269,17 +274,16 @@ def probe(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any, cu
     if validation_data is None:
         raise FrostlineValueError("Expected validation_data=(x_val, y_val) to score the probes on. Received None: "
                                   "hold out part of the training data, e.g. the last 20%.")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FrostlineTypeError(f"Expected {name} to be a positive int. Received: {name}={value!r}")
-    if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate) and learning_rate > 0):
-        raise FrostlineValueError(f"Expected a positive finite learning_rate. Received: {learning_rate!r}")
+    check_arguments(cuts=cuts, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                    memory_limit=memory_limit, directory=directory)
     if not isinstance(model, keras.Model):
         raise FrostlineTypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    x, y = check_data(x, y, "training")
+    xv, yv = check_data(*(validation_parts(validation_data) or (validation_data, None)), "validation")
     graph = trace_cuts(model, cuts if isinstance(cuts, str) else list(cuts))
     transform = batch_transform(model)
     train_passes = _passes(x, y, batch_size, transform)
-    validation_passes = _data(validation_data, None, batch_size, transform)
+    validation_passes = _passes(xv, yv, batch_size, transform)
     return _run(model, graph, train_passes, validation_passes, epochs=epochs, batch_size=batch_size,
                 learning_rate=float(learning_rate), seed=seed, memory_limit=memory_limit, directory=directory)
 
@@ -287,7 +291,7 @@ def probe(model: keras.Model, x: Any, y: Any = None, *, validation_data: Any, cu
 def _run(model: keras.Model, graph: GraphCuts, train_passes: Any, validation_passes: Any, *,
          epochs: int, batch_size: int, learning_rate: float, seed: int, memory_limit: int,
          directory: Any) -> ProbeResult:
-    extractor = keras.Model(graph.inputs, [_GlobalMean(name=f"pool{i}")(c.tensor) for i, c in enumerate(graph.cuts)],
+    extractor = keras.Model(graph.inputs, [_GlobalMean()(c.tensor) for c in graph.cuts],
                             name=f"{model.name}_probe")
     widths = [int(t.shape[-1]) for t in extractor.outputs]
     units = int(graph.outputs[0].shape[-1] or 1) if len(graph.outputs) == 1 and graph.outputs[0].shape else 1
@@ -304,7 +308,8 @@ def _run(model: keras.Model, graph: GraphCuts, train_passes: Any, validation_pas
         if task == "regression":
             mean, std = y.mean(axis=0), y.std(axis=0) + 1e-12
             y, yv = (y - mean) / std, (yv - mean) / std
-        heads = _heads(features, task, units, seed, learning_rate)
+        seeds = [seed + zlib.crc32(c.path.encode()) % 2**16 for c in graph.cuts]  # a cut's own, whatever else is probed
+        heads = _heads(features, task, units, seeds, learning_rate)
         heads.fit(_Shuffled(features, y, batch_size, seed), epochs=epochs, verbose=0, shuffle=False)
         outputs = heads.predict(list(val_features), batch_size=max(batch_size, 256), verbose=0)
         outputs = outputs if isinstance(outputs, list) else [outputs]

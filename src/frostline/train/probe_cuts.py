@@ -40,6 +40,7 @@ class _Call:
     inputs: list  # KerasTensors read
     outputs: list  # KerasTensors written
     index: int
+    positional: list = dataclasses.field(default_factory=list)  # those read as positional arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +79,14 @@ class GraphCuts:
 def _walk(model: keras.Model, calls: list[_Call], containers: dict[int, Any]) -> Any:
     """Traces `model`'s graph on fresh inputs into `calls`; returns (inputs, outputs)."""
     graph = _keras.functional_graph(model)
+    if graph is None and isinstance(model, keras.Sequential):
+        raise FrostlineValueError(
+            f"Expected a built model. Received Sequential {model.name!r}, which is not built: start it with "
+            "keras.Input(shape), or call it on a batch first.")
     if graph is None:
-        built = " (build it first, e.g. by calling it on a batch)" if isinstance(model, keras.Sequential) else ""
         raise FrostlineValueError(
             f"Expected a Functional or Sequential model whose graph can be cut. Received "
-            f"{type(model).__name__} {model.name!r}, a subclassed model with no graph to cut{built}: probe "
+            f"{type(model).__name__} {model.name!r}, a subclassed model with no graph to cut: probe "
             "the Functional model it is built from, e.g. `keras.Model(inputs, outputs)`.")
 
     def run(op):
@@ -97,8 +101,10 @@ def _walk(model: keras.Model, calls: list[_Call], containers: dict[int, Any]) ->
                     raise FrostlineValueError(
                         f"The nested model {op.name!r} is called with keyword arguments "
                         f"({', '.join(kwargs) or 'none'}), which the probe cannot follow.")
+                start = len(calls)
                 outputs = _keras.run_through_graph(inner, args[0] if len(args) == 1 else list(args), run)
-                containers[id(op)] = (op, keras.tree.flatten(outputs))
+                fed = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
+                containers[id(op)] = (op, keras.tree.flatten(outputs), fed, (start, len(calls)))
                 return outputs
             return call_nested
 
@@ -106,7 +112,8 @@ def _walk(model: keras.Model, calls: list[_Call], containers: dict[int, Any]) ->
             kwargs.pop("training", None)
             outputs = op(*args, **kwargs)
             read = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
-            calls.append(_Call(op, read, keras.tree.flatten(outputs), len(calls)))
+            positional = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
+            calls.append(_Call(op, read, keras.tree.flatten(outputs), len(calls), positional))
             return outputs
         return call
 
@@ -130,12 +137,19 @@ def _ancestors(calls: list[_Call], tensor: Any, producer: dict[int, _Call]) -> l
     return sorted(found, key=lambda c: c.index)
 
 
+def _normalizes(op: Any) -> bool:
+    """A normalization layer, which belongs to the block of the layer it follows."""
+    return isinstance(op, (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+                           keras.layers.GroupNormalization, keras.layers.UnitNormalization))
+
+
 def _weights(op: Any) -> list:
     return list(op.weights) if isinstance(op, keras.layers.Layer) else []
 
 
-def _boundaries(calls: list[_Call], outputs: list, producer: dict[int, _Call]) -> list[_Call]:
-    """The calls whose single output every path from the inputs to the outputs crosses."""
+def _boundaries(calls: list[_Call], inputs: list, outputs: list, *, final: bool = False) -> list[_Call]:
+    """The calls whose single output every path from the inputs to the outputs crosses (with
+    `final`, an output too)."""
     needed = {id(t) for t in outputs}
     for call in reversed(calls):  # keep only what the outputs are computed from
         if any(id(t) in needed for t in call.outputs):
@@ -147,19 +161,46 @@ def _boundaries(calls: list[_Call], outputs: list, producer: dict[int, _Call]) -
             last_use[id(t)] = call.index
         if _weights(call.op) or any(id(t) in weighted for t in call.inputs):
             weighted.update(id(t) for t in call.outputs)
+    # Data a layer with weights reads as its input (not a mask passed by keyword), and what
+    # it is computed from without weights: a second input, token segments. A padding mask
+    # that reaches the layers only as a keyword argument is a side input.
+    data = {id(t) for t in outputs}
+    for call in reversed(calls):
+        if _weights(call.op) or any(id(t) in data for t in call.outputs):
+            data.update(id(t) for t in call.positional)
+    tracked = weighted | data
     end = len(calls)
     for t in outputs:
         last_use[id(t)] = end
-    live: set[int] = set()
+    live = {id(t) for t in inputs if id(t) in tracked and id(t) in needed}  # a second input read later
     found = []
     for call in calls:
         live = {t for t in live if last_use.get(t, -1) > call.index}
-        produced = [id(t) for t in call.outputs if id(t) in needed and id(t) in weighted]
+        produced = [id(t) for t in call.outputs if id(t) in needed and id(t) in tracked]
         live.update(t for t in produced if last_use.get(t, -1) > call.index)
         if (len(call.outputs) == 1 and isinstance(call.op, keras.layers.Layer) and produced
-                and live == set(produced) and id(call.outputs[0]) not in {id(t) for t in outputs}):
+                and id(call.outputs[0]) in weighted and live == set(produced)
+                and (final or id(call.outputs[0]) not in {id(t) for t in outputs})):
             found.append(call)
     return found
+
+
+def _in_base(boundaries: list[_Call], calls: list[_Call], containers: dict[int, Any], tree: LayerTree,
+             outputs: list, producer: dict[int, _Call]) -> list[_Call]:
+    """With a nested pretrained base: the block boundaries of the base's own graph (from what
+    it is fed to those of its outputs the model reads), and the model's boundaries computed
+    from the base alone (a pooling after it); none inside the new head."""
+    node = _base(tree, containers, [])[0]
+    _, base_outputs, fed, (start, stop) = containers[id(node.layer)]
+    read = {c.index for t in outputs for c in _ancestors(calls, t, producer)}
+    used = [t for t in base_outputs if id(t) in {id(t) for t in outputs}
+            or any(c.index in read and any(t is i for i in c.inputs) for c in calls[stop:])]
+    inside = {id(d.layer) for d in node.descendants()}
+    found = {b.index: b for b in _boundaries(calls[start:stop], fed, used or base_outputs, final=True)}
+    for b in boundaries:
+        if all(id(c.op) in inside for c in _ancestors(calls, b.outputs[0], producer) if _weights(c.op)):
+            found[b.index] = b
+    return [found[i] for i in sorted(found)]
 
 
 def _block_key(path: str) -> str:
@@ -177,7 +218,8 @@ def _auto(boundaries: list[_Call], calls: list[_Call], path_of: dict[int, str]) 
         if kept:
             previous = kept[-1]
             same_block = _block_key(path_of[id(previous.op)]) == _block_key(path_of[id(call.op)])
-            if same_block or not any(_weights(c.op) for c in calls[previous.index + 1:call.index + 1]):
+            between = calls[previous.index + 1:call.index + 1]
+            if same_block or not any(_weights(c.op) and not _normalizes(c.op) for c in between):
                 kept[-1] = call
                 continue
         kept.append(call)
@@ -211,7 +253,10 @@ def trace_cuts(model: keras.Model, cuts: str | list[str]) -> GraphCuts:
     path_of = {id(node.layer): node.path for node in tree.layers}
     producer = {id(t): call for call in calls for t in call.outputs}
     if isinstance(cuts, str):
-        chosen = [(call, call.outputs[0]) for call in _auto(_boundaries(calls, outputs, producer), calls, path_of)]
+        boundaries = _boundaries(calls, keras.tree.flatten(inputs), outputs)
+        if containers:
+            boundaries = _in_base(boundaries, calls, containers, tree, outputs, producer)
+        chosen = [(call, call.outputs[0]) for call in _auto(boundaries, calls, path_of)]
         if not chosen:
             raise FrostlineValueError(
                 f"Model {model.name!r} has no place to cut: no layer with weights comes before its outputs on a "
@@ -243,7 +288,7 @@ def _frozen_nodes(ancestors: list[_Call], tree: LayerTree) -> tuple[LayerNode, .
 def _base(tree: LayerTree, containers: dict[int, Any], cuts: list[Cut]) -> tuple[LayerNode, ...]:
     """The pretrained part: the largest nested model the graph runs through, else what the
     deepest cut freezes."""
-    nested = [tree.node(op) for op, _ in containers.values()]
+    nested = [tree.node(op) for op, *_ in containers.values()]
     if nested:
         return (max(nested, key=lambda n: sum(variable_size(v) for d in n.descendants() for v in d.variables)),)
     return cuts[-1].frozen if cuts else ()
@@ -256,7 +301,7 @@ def _resolve(selector: Any, tree: LayerTree, calls: list[_Call], containers: dic
         raise PlanError(f"Cut {str(selector)!r} matches no layer." + selector.suggestion(tree))
     ids = {id(n.layer) for n in nodes}
     candidates = [(c, c.outputs) for c in calls if id(c.op) in ids]
-    candidates += [(producer.get(id(outs[-1])), outs) for key, (op, outs) in containers.items() if key in ids]
+    candidates += [(producer.get(id(outs[-1])), outs) for key, (op, outs, *_) in containers.items() if key in ids]
     candidates = [(c, outs) for c, outs in candidates if c is not None]
     if not candidates:
         raise FrostlineValueError(
