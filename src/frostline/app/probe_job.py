@@ -191,7 +191,10 @@ def run_probe(config: TrainConfig, spec: ProbeSpec) -> ProbeOutcome:
     seconds = time.perf_counter() - started
     phases = from_probe(result, **spec.schedule.model_dump())
     train_config = _train_config(config, phases)
-    _checked_run(train_config, model, resume=False, data=(x, y, validation))  # the schedule runs as it is
+    try:  # the schedule runs as it is
+        _checked_run(train_config, model, resume=False, data=(x, y, validation))
+    except ConfigError as e:  # its phases are the schedule's, not the file's
+        raise ConfigError(f"probe.schedule: the schedule from_probe gave cannot run: {e}") from None
     text = yaml.safe_dump(train_config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
     if type(train_config).model_validate(yaml.safe_load(text)) != train_config:  # what train will read back
         raise ConfigError("probe.schedule: train.yaml would not read back as written")
