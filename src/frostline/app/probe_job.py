@@ -89,8 +89,8 @@ def summary(outcome: ProbeOutcome, config: TrainConfig) -> str:
     result, best = outcome.result, outcome.result.best
     seconds = result.seconds
     lines = [
-        f"probe of {result.model!r}: {_count(len(result.rows), 'cut')}, {result.train_samples} training and "
-        f"{_count(result.validation_samples, 'validation sample')}, linear heads {_count(result.epochs, 'epoch')} "
+        f"probe of {result.model!r}: {_plural(len(result.rows), 'cut')}, {result.train_samples} training and "
+        f"{_plural(result.validation_samples, 'validation sample')}, linear heads {_plural(result.epochs, 'epoch')} "
         f"({outcome.seconds:.1f} s: pass {seconds['pass']:.1f} s, heads {seconds['heads']:.1f} s)",
         "",
         str(result),
@@ -104,12 +104,12 @@ def summary(outcome: ProbeOutcome, config: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-def _count(n: int, thing: str) -> str:
+def _plural(n: int, thing: str) -> str:
     return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _phase_text(phase: Phase) -> str:
-    return f"{phase.name} ({_count(phase.epochs, 'epoch')}, learning rate {phase.learning_rate:g}: {_plan_text(phase)})"
+    return f"{phase.name} ({_plural(phase.epochs, 'epoch')}, learning rate {phase.learning_rate:g}: {_plan_text(phase)})"
 
 
 def _plan_text(phase: Phase) -> str:
