@@ -14,7 +14,7 @@ from PIL import Image
 from frostline.app.config import load_config
 from frostline.app.train_job import run_training
 from frostline.errors import ConfigError
-from parity.helpers import ROOT, run_frostline
+from parity.helpers import ROOT, edit, run_frostline
 
 DOCS = (ROOT / "docs" / "cli.md").read_text()
 
@@ -53,17 +53,7 @@ def config(**changes):
                    {"name": "top", "epochs": 1, "plan": {"rules": [{"unfreeze": "base/block3_*"}]}}],
         "output": "run",
     }
-    for path, value in changes.items():
-        *keys, last = path.split(".")
-        target = data
-        for key in keys:
-            target = target[int(key)] if key.isdigit() else target[key]
-        last = int(last) if last.isdigit() else last
-        if value is None:
-            del target[last]
-        else:
-            target[last] = value
-    return yaml.safe_dump(data)
+    return yaml.safe_dump(edit(data, changes))
 
 
 IMAGES = {"data.npz": None, "data.images": "three"}

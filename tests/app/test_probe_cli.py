@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from frostline.app.config import load_config
-from parity.helpers import ROOT, run_frostline
+from parity.helpers import ROOT, edit, run_frostline
 
 pytestmark = pytest.mark.slow  # each test runs `frostline probe` or `frostline train` in a fresh process
 
@@ -39,16 +39,7 @@ def config(**changes):
         "output": "run",
         "seed": 0,
     }
-    for path, value in changes.items():
-        target = base
-        keys = path.split(".")
-        for key in keys[:-1]:
-            target = target[key]
-        if value is None:
-            del target[keys[-1]]
-        else:
-            target[keys[-1]] = value
-    return base
+    return edit(base, changes)
 
 
 def write(folder, data, name="config.yaml"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from parity.helpers import ROOT, run_frostline
+from parity.helpers import ROOT, edit, run_frostline
 
 pytestmark = pytest.mark.slow  # each test runs `frostline train` in fresh processes
 
@@ -41,16 +41,7 @@ def config(**changes):
         "output": "run",
         "seed": 0,
     }
-    for path, value in changes.items():
-        target = base
-        keys = path.split(".")
-        for key in keys[:-1]:
-            target = target[int(key)] if key.isdigit() else target[key]
-        if value is None:
-            del target[keys[-1]]
-        else:
-            target[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
-    return base
+    return edit(base, changes)
 
 
 def write(workdir, data, name="config.yaml"):

@@ -23,6 +23,22 @@ SCRIPTS = ROOT / "tests" / "scripts"  # run as processes, never imported by the 
 STEPS = 4  # batches in an epoch of fit(): 16 samples, batch size 4
 
 
+def edit(config: dict, changes: dict) -> dict:
+    """`config` with each `"a.0.b": value` of `changes` set (a digit is a list index), or
+    deleted where the value is None; edited in place and returned."""
+    for path, value in changes.items():
+        *keys, last = path.split(".")
+        target = config
+        for key in keys:
+            target = target[int(key)] if key.isdigit() else target[key]
+        last = int(last) if last.isdigit() else last
+        if value is None:
+            del target[last]
+        else:
+            target[last] = value
+    return config
+
+
 def numpy(x) -> np.ndarray:
     """A copy of a variable's (or a tensor's) value as a NumPy array."""
     return keras.ops.convert_to_numpy(x.value if hasattr(x, "value") else x).copy()
